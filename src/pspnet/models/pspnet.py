@@ -1,0 +1,196 @@
+"""PSPNet and its dilated-FCN baseline, configured by one typed dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pspnet.data.info import DatasetInfo
+from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
+from pspnet.models.ppm import POOLING_TYPES, PyramidPooling
+from pspnet.models.resnet import RESNET_SPECS, STEM_TYPES, ResNetBackbone, stage_dilations
+
+__all__ = ["SIZE_RULES", "PSPNet", "PSPNetConfig", "SegmentationHead"]
+
+SIZE_RULES = ("any", "authors")
+
+
+@dataclass(frozen=True)
+class PSPNetConfig:
+    """Everything that decides the network's shape. Every ablation of the paper is a field.
+
+    Args:
+        num_classes: output classes (>= 2).
+        depth: ResNet depth, 18/34/50/101/152.
+        output_stride: 8 (paper), 16 or 32.
+        stem: ``"deep"`` (authors) or ``"classic"`` (7x7, torchvision).
+        stem_width: deep stem widths are ``(w, w, 2w)``; 64 for the authors' weights.
+        widths: base width of the four ResNet stages (smaller for the tiny CPU presets).
+        use_ppm: False gives the paper's dilated-FCN baseline (same network, no PPM).
+        bins: pyramid grid sizes (paper: 1, 2, 3, 6).
+        pooling: ``"avg"`` or ``"max"``.
+        reduction: 1x1 dimension reduction of each pyramid branch to 1/N channels.
+        head_channels: channels of the 3x3 conv in the main head (512 in the paper).
+        aux: build the auxiliary head on layer3 (trained with weight 0.4, unused at test time).
+        aux_channels: channels of the auxiliary head's 3x3 conv (256 in the paper).
+        dropout: Dropout2d probability before each classifier (0.1 in the paper).
+        align_corners: bilinear convention of every upsampling; True is the authors'.
+        size_rule: ``"any"`` accepts every input size; ``"authors"`` additionally enforces the
+            official code's ``(H - 1) % 8 == 0`` rule, to reproduce its protocol exactly. On such
+            sizes both rules compute the same numbers.
+    """
+
+    num_classes: int = 21
+    depth: int = 50
+    output_stride: int = 8
+    stem: str = "deep"
+    stem_width: int = 64
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    use_ppm: bool = True
+    bins: tuple[int, ...] = (1, 2, 3, 6)
+    pooling: str = "avg"
+    reduction: bool = True
+    head_channels: int = 512
+    aux: bool = True
+    aux_channels: int = 256
+    dropout: float = 0.1
+    align_corners: bool = True
+    size_rule: str = "any"
+
+    def __post_init__(self) -> None:
+        # Normalise list inputs (from YAML/JSON) to tuples so configs compare and hash.
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
+        if int(self.num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.depth not in RESNET_SPECS:
+            raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {self.depth}")
+        stage_dilations(self.output_stride)  # validates output_stride
+        if self.stem not in STEM_TYPES:
+            raise ValueError(f"stem must be one of {STEM_TYPES}, got {self.stem!r}")
+        if self.pooling not in POOLING_TYPES:
+            raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {self.pooling!r}")
+        if self.size_rule not in SIZE_RULES:
+            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {self.size_rule!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("stem_width", "head_channels", "aux_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["widths"] = list(self.widths)
+        data["bins"] = list(self.bins)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PSPNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PSPNetConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> PSPNetConfig:
+        return replace(self, **changes)
+
+
+class SegmentationHead(nn.Sequential):
+    """3x3 conv -> BN -> ReLU -> Dropout2d -> 1x1 conv, indices matching the authors' ``cls``/``aux``."""
+
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(mid_channels, num_classes, 1),
+        )
+
+
+class PSPNet(nn.Module):
+    """Pyramid Scene Parsing Network (Zhao et al., CVPR 2017, https://arxiv.org/abs/1612.01105).
+
+    Input: a float tensor ``(N, 3, H, W)`` already normalised (see :class:`pspnet.Preprocess`).
+    Output: ``{"out": logits}`` in eval mode, ``{"out": logits, "aux": aux_logits}`` in training
+    mode when the auxiliary head exists; both ``(N, num_classes, H, W)``, bilinearly upsampled to
+    the input size. With ``use_ppm=False`` this is the paper's dilated-FCN baseline.
+    """
+
+    def __init__(self, config: PSPNetConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = config or PSPNetConfig()
+        if overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        # Provenance and input contract; the registry and the checkpoint loader fill these in.
+        self.preset_name: str = "custom"
+        self.dataset_info: DatasetInfo | None = None
+        self.preprocess: Preprocess = PYTORCH_PREPROCESS
+        self.backbone = ResNetBackbone(
+            config.depth, config.output_stride, config.stem, config.stem_width, config.widths
+        )
+        features = self.backbone.channels["layer4"]
+        self.ppm: PyramidPooling | None = None
+        if config.use_ppm:
+            self.ppm = PyramidPooling(
+                features, config.bins, config.pooling, config.reduction, config.align_corners
+            )
+            features = self.ppm.out_channels
+        self.classifier = SegmentationHead(features, config.head_channels, config.num_classes, config.dropout)
+        self.aux_classifier: SegmentationHead | None = None
+        if config.aux:
+            self.aux_classifier = SegmentationHead(
+                self.backbone.channels["layer3"], config.aux_channels, config.num_classes, config.dropout
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def head_modules(self) -> list[nn.Module]:
+        """The layers the paper trains from scratch with 10x learning rate (PPM and heads)."""
+        return [m for m in (self.ppm, self.classifier, self.aux_classifier) if m is not None]
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError with the fix when ``x`` cannot go through the network."""
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input (N, 3, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != 3:
+            raise ValueError(f"expected 3 input channels (RGB), got {x.shape[1]} in shape {tuple(x.shape)}")
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        minimum = self.config.output_stride
+        if height < minimum or width < minimum:
+            raise ValueError(
+                f"input {height}x{width} is smaller than the minimum {minimum}x{minimum} "
+                f"(output stride {self.config.output_stride}); pad or resize the image"
+            )
+        if self.config.size_rule == "authors" and ((height - 1) % 8 or (width - 1) % 8):
+            fix_h, fix_w = ((height - 1 + 7) // 8) * 8 + 1, ((width - 1 + 7) // 8) * 8 + 1
+            raise ValueError(
+                f"size_rule='authors' needs (H-1) and (W-1) divisible by 8, got {height}x{width}; "
+                f"pad to {fix_h}x{fix_w} or use size_rule='any'"
+            )
+        if self.training and x.shape[0] == 1 and self.ppm is not None and 1 in self.ppm.bins:
+            raise ValueError(
+                "training with batch size 1 is impossible with the 1x1 pyramid bin: its BatchNorm sees "
+                "one value per channel. Use a batch of at least 2 (gradient accumulation keeps the "
+                "effective batch), or call model.eval() for inference"
+            )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        self.check_input(x)
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        top = feats["layer4"] if self.ppm is None else self.ppm(feats["layer4"])
+        out = self._upsample(self.classifier(top), size)
+        if self.training and self.aux_classifier is not None:
+            return {"out": out, "aux": self._upsample(self.aux_classifier(feats["layer3"]), size)}
+        return {"out": out}
+
+    def _upsample(self, logits: Tensor, size: Any) -> Tensor:
+        return F.interpolate(logits, size, mode="bilinear", align_corners=self.config.align_corners)
