@@ -185,7 +185,9 @@ def save_pretrained(model: PSPNet, directory: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, directory / WEIGHTS_NAME)
     meta = _metadata(model, None)
-    readable = {k: json.loads(v) if k in ("config", "preprocess", "dataset") and v else v for k, v in meta.items()}
+    readable = {
+        k: json.loads(v) if k in ("config", "preprocess", "dataset") and v else v for k, v in meta.items()
+    }
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(readable, indent=2)))
     return directory
 

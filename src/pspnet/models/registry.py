@@ -111,9 +111,7 @@ def attach_metadata(
 
 _AUTHORS = PSPNetConfig()  # ResNet-50, deep stem, OS 8, bins 1-2-3-6, avg, reduction, aux
 _BASIC = _AUTHORS.replace(depth=18, head_channels=256, aux_channels=128)
-_TINY = _AUTHORS.replace(
-    depth=18, stem_width=16, widths=(16, 32, 48, 64), head_channels=64, aux_channels=32
-)
+_TINY = _AUTHORS.replace(depth=18, stem_width=16, widths=(16, 32, 48, 64), head_channels=64, aux_channels=32)
 
 for _depth in (50, 101, 152):
     register_preset(
