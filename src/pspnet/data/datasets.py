@@ -1,0 +1,501 @@
+"""Segmentation datasets read straight from their published on-disk layouts.
+
+One :class:`SegmentationDataset` class serves every layout: a loader function only builds the list
+of ``(image, mask)`` file pairs and the label mapping (Cityscapes labelIds -> trainIds, ADE20K
+``k -> k-1``), so reading, mapping, augmenting and seeding behave identically for all of them.
+
+Layouts (``open_dataset(root, kind=...)``):
+
+* ``voc2012``: ``VOCdevkit/VOC2012`` with ``JPEGImages/``, ``SegmentationClass/`` (palette PNGs) and
+  ``ImageSets/Segmentation/{train,val,trainval}.txt``. ``split="trainaug"`` reads the SBD-augmented
+  masks ``SegmentationClassAug/`` listed in ``ImageSets/Segmentation/trainaug.txt`` (or
+  ``train_aug.txt``; lines may be ids or ``"/JPEGImages/x.jpg /SegmentationClassAug/x.png"``).
+* ``cityscapes``: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` +
+  ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, labelIds mapped to the 19 trainIds.
+* ``ade20k``: ``ADEChallengeData2016`` with ``images/{training,validation}/*.jpg`` +
+  ``annotations/{training,validation}/*.png`` (``split`` "train"/"val"); 0 -> 255, k -> k-1.
+* ``folder``: ``root/images/*`` + ``root/masks/*`` paired by file stem, or
+  ``root/images/<split>/`` + ``root/masks/<split>/`` when those exist (a flat folder serves every
+  split). Class names come from ``info=``, else ``root/classes.txt`` (one name per line), else
+  ``num_classes=`` (names ``class_0`` ...).
+* ``list``: ``root`` is a text file, one ``"image_path mask_path"`` per line (the authors' format),
+  relative to ``data_root`` (default: the list file's folder). Relative paths may not climb out of
+  ``data_root`` with ``..``; absolute paths are taken as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pspnet.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask
+from pspnet.data.info import ADE20K, CITYSCAPES, IGNORE_INDEX, VOC2012, DatasetInfo, default_palette
+from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
+from pspnet.errors import DataError, InputError
+
+__all__ = [
+    "CITYSCAPES_LABEL_TO_TRAIN",
+    "DATASET_KINDS",
+    "LabelMap",
+    "Sample",
+    "SegmentationDataset",
+    "ade20k_label_map",
+    "cityscapes_lut",
+    "detect_kind",
+    "open_dataset",
+]
+
+DATASET_KINDS = ("auto", "voc2012", "cityscapes", "ade20k", "folder", "list")
+
+CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+"""Official cityscapesScripts ``labels.py``: labelId -> trainId; every other id -> 255."""
+
+LabelMap = Callable[[np.ndarray], np.ndarray] | np.ndarray
+"""A function of the raw mask, or a lookup table indexed by raw value (values past its end -> 255)."""
+
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask (``None`` for unlabelled images); ``name`` is the id / file stem."""
+
+    image: Path
+    mask: Path | None
+    name: str
+
+
+def cityscapes_lut() -> np.ndarray:
+    """Lookup table (256 entries) from Cityscapes labelIds to trainIds."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN.items():
+        lut[label_id] = train_id
+    return lut
+
+
+def ade20k_label_map(mask: np.ndarray) -> np.ndarray:
+    """ADE20K SceneParsing: 0 ("other") -> 255, k -> k - 1."""
+    out = mask.astype(np.int64) - 1
+    out[mask == 0] = IGNORE_INDEX
+    return out
+
+
+def _apply_label_map(mask: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
+    if label_map is None:
+        return mask.astype(np.int64, copy=False)
+    if callable(label_map):
+        return np.asarray(label_map(mask), dtype=np.int64)
+    lut = np.asarray(label_map, dtype=np.int64)
+    if mask.size and int(mask.max()) >= len(lut):
+        return np.where(mask < len(lut), lut[np.minimum(mask, len(lut) - 1)], IGNORE_INDEX)
+    return lut[mask]
+
+
+class _Problems:
+    """Collects layout problems (missing pairs, duplicates) so they can be raised together or reported."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: Path | str, message: str) -> None:
+        self.items.append((str(path), message))
+
+    def raise_if_any(self, what: str) -> None:
+        if not self.items:
+            return
+        listed = "; ".join(f"{p}: {m}" for p, m in self.items[:_MAX_LISTED])
+        more = f" (and {len(self.items) - _MAX_LISTED} more)" if len(self.items) > _MAX_LISTED else ""
+        raise DataError(
+            f"{what}: {len(self.items)} problem(s): {listed}{more}; fix the files, or run "
+            f"`pspnet verify-dataset` for the full list"
+        )
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs with label mapping, paired augmentation and per-sample seeding.
+
+    Args:
+        samples: the file pairs.
+        info: class names, palette and ignore index of the label space.
+        label_map: raw mask -> train ids (function or lookup table); None keeps values.
+        transform: paired transform ``t(image, mask, rng)``; None returns the whole image.
+        seed: base of the augmentation seed ``(seed, epoch, index)``.
+        preprocess: normalisation used when the transform leaves numpy arrays (or is None).
+        mask_palette: RGB colour per class id, to accept colour masks (``read_mask(palette=)``).
+        root: where the dataset lives (for messages).
+        problems: layout problems found while listing (kept when not strict; see verify).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        info: DatasetInfo,
+        *,
+        label_map: LabelMap | None = None,
+        transform: Callable[..., Any] | None = None,
+        seed: int = 0,
+        preprocess: Preprocess = PYTORCH_PREPROCESS,
+        mask_palette: Sequence[Sequence[int]] | None = None,
+        root: Path | None = None,
+        problems: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if seed < 0:
+            raise InputError(f"seed must be >= 0, got {seed}")
+        self.samples = list(samples)
+        self.info = info
+        self.label_map = label_map
+        self.transform = transform
+        self.seed = int(seed)
+        self.preprocess = preprocess
+        self.mask_palette = mask_palette
+        self.root = root
+        self.problems = list(problems)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.info.name!r}, {len(self)} samples, root={str(self.root)!r})"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of this epoch (call before iterating each epoch)."""
+        if epoch < 0:
+            raise InputError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def read_raw_mask(self, index: int) -> np.ndarray | None:
+        """The mask as stored on disk (before label mapping), or None for unlabelled samples."""
+        sample = self.samples[index]
+        return None if sample.mask is None else read_mask(sample.mask, palette=self.mask_palette)
+
+    def map_mask(self, raw: np.ndarray) -> np.ndarray:
+        """Raw mask values -> train ids (int64, ``[0, C)`` or the ignore index)."""
+        return _apply_label_map(raw, self.label_map)
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image RGB uint8 ``(H, W, 3)`` and mask int64 ``(H, W)`` already mapped to train ids.
+
+        Raises:
+            DataError: unreadable files, image/mask size mismatch, or label values outside
+                ``[0, num_classes)`` other than the ignore index (which would crash the loss).
+        """
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        raw = self.read_raw_mask(index)
+        if raw is None:
+            return image, None
+        if raw.shape != image.shape[:2]:
+            raise DataError(
+                f"{sample.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {sample.image} is "
+                f"{image.shape[1]}x{image.shape[0]}; masks must have the image's size"
+            )
+        mask = self.map_mask(raw)
+        ignore = self.info.ignore_index
+        if mask.size:
+            valid = mask[mask != ignore]
+            if valid.size and (int(valid.max()) >= self.info.num_classes or int(valid.min()) < 0):
+                bad = sorted({int(v) for v in np.unique(valid) if v < 0 or v >= self.info.num_classes})
+                raise DataError(
+                    f"{sample.mask}: label values {bad[:8]} outside [0, {self.info.num_classes}) and not "
+                    f"the ignore value {ignore}; check num_classes or the masks (`pspnet verify-dataset`)"
+                )
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.load_raw(index)
+        if mask is None:
+            mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.int64)
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            image, mask = self.transform(image, mask, rng)
+        if isinstance(image, np.ndarray):
+            image = self.preprocess.to_tensor(image)
+        if isinstance(mask, np.ndarray):
+            mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        return {"image": image, "mask": mask, "index": int(index)}
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _files_by_stem(folder: Path, extensions: Sequence[str], problems: _Problems) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in extensions:
+            continue
+        if path.stem in found:
+            problems.add(path, f"duplicate stem {path.stem!r} (also {found[path.stem].name}); keep one file")
+            continue
+        found[path.stem] = path
+    return found
+
+
+def _read_ids(list_file: Path) -> list[str]:
+    ids = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if parts:  # "2007_000032" or "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png"
+            ids.append(Path(parts[0]).stem)
+    return ids
+
+
+def _voc_root(root: Path) -> Path:
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    return root
+
+
+def _voc_samples(root: Path, split: str, problems: _Problems) -> list[Sample]:
+    root = _voc_root(root)
+    sets = root / "ImageSets" / "Segmentation"
+    if split in ("trainaug", "train_aug"):
+        candidates = [sets / "trainaug.txt", sets / "train_aug.txt"]
+        mask_dir = root / "SegmentationClassAug"
+    else:
+        candidates = [sets / f"{split}.txt"]
+        mask_dir = root / "SegmentationClass"
+    list_file = next((c for c in candidates if c.is_file()), None)
+    if list_file is None:
+        raise DataError(
+            f"{candidates[0]}: split list not found; VOC splits are train, val, trainval and trainaug "
+            f"(SBD masks in SegmentationClassAug/ with ImageSets/Segmentation/trainaug.txt)"
+        )
+    if not mask_dir.is_dir():
+        raise DataError(f"{mask_dir}: mask folder not found for VOC split {split!r}")
+    samples = []
+    for name in _read_ids(list_file):
+        image, mask = root / "JPEGImages" / f"{name}.jpg", mask_dir / f"{name}.png"
+        missing = [p for p in (image, mask) if not p.is_file()]
+        for path in missing:
+            problems.add(path, f"listed in {list_file.name} but missing")
+        if not missing:
+            samples.append(Sample(image, mask, name))
+    return samples
+
+
+def _cityscapes_samples(root: Path, split: str, problems: _Problems) -> list[Sample]:
+    image_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: Cityscapes split folder not found (splits: train, val, test)")
+    samples = []
+    for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+        name = image.name[: -len("_leftImg8bit.png")]
+        mask = gt_dir / image.parent.name / f"{name}_gtFine_labelIds.png"
+        if mask.is_file():
+            samples.append(Sample(image, mask, name))
+        else:
+            problems.add(mask, f"missing label file for {image.name}")
+    return samples
+
+
+def _ade20k_root(root: Path) -> Path:
+    nested = root / "ADEChallengeData2016"
+    return nested if nested.is_dir() and not (root / "annotations").is_dir() else root
+
+
+def _paired_folders(image_dir: Path, mask_dir: Path, problems: _Problems) -> list[Sample]:
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found")
+    images = _files_by_stem(image_dir, IMAGE_EXTENSIONS, problems)
+    masks = _files_by_stem(mask_dir, MASK_EXTENSIONS, problems)
+    for stem in sorted(images.keys() - masks.keys()):
+        problems.add(images[stem], f"no mask with stem {stem!r} in {mask_dir}")
+    for stem in sorted(masks.keys() - images.keys()):
+        problems.add(masks[stem], f"no image with stem {stem!r} in {image_dir}")
+    return [Sample(images[s], masks[s], s) for s in sorted(images.keys() & masks.keys())]
+
+
+_ADE_SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
+
+
+def _ade20k_samples(root: Path, split: str, problems: _Problems) -> list[Sample]:
+    root = _ade20k_root(root)
+    if split not in _ADE_SPLITS:
+        raise InputError(f"ADE20K split must be 'train' or 'val', got {split!r}")
+    sub = _ADE_SPLITS[split]
+    return _paired_folders(root / "images" / sub, root / "annotations" / sub, problems)
+
+
+def _folder_samples(root: Path, split: str | None, problems: _Problems) -> list[Sample]:
+    image_dir, mask_dir = root / "images", root / "masks"
+    if split and (image_dir / split).is_dir():
+        image_dir, mask_dir = image_dir / split, mask_dir / split
+    return _paired_folders(image_dir, mask_dir, problems)
+
+
+def _list_samples(list_file: Path, data_root: Path, problems: _Problems) -> list[Sample]:
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: list file not found")
+    base = data_root.resolve()
+    samples = []
+    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DataError(
+                f"{list_file}:{number}: expected 'image_path mask_path', got {len(parts)} field(s): {line!r}"
+            )
+        paths = []
+        for field_text in parts:
+            raw = Path(field_text)
+            path = raw if raw.is_absolute() else data_root / raw
+            if not raw.is_absolute() and not path.resolve().is_relative_to(base):
+                raise DataError(
+                    f"{list_file}:{number}: {field_text!r} points outside the data root {data_root}; "
+                    f"use an absolute path if that is intended"
+                )
+            paths.append(path)
+        missing = [p for p in paths if not p.is_file()]
+        for path in missing:
+            problems.add(path, f"listed at {list_file.name}:{number} but missing")
+        if not missing:
+            samples.append(Sample(paths[0], paths[1], Path(parts[0]).stem))
+    return samples
+
+
+def _read_class_names(path: Path) -> tuple[str, ...]:
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not names:
+        raise DataError(f"{path}: no class names (one per line expected)")
+    return names
+
+
+def _custom_info(
+    name: str, info: DatasetInfo | None, num_classes: int | None, classes_file: Path
+) -> DatasetInfo:
+    if info is not None:
+        if num_classes is not None and num_classes != info.num_classes:
+            raise InputError(
+                f"num_classes={num_classes} contradicts info {info.name!r} ({info.num_classes} classes)"
+            )
+        return info
+    if classes_file.is_file():
+        names = _read_class_names(classes_file)
+        if num_classes is not None and num_classes != len(names):
+            raise InputError(f"num_classes={num_classes} but {classes_file} lists {len(names)} classes")
+        return DatasetInfo(name, names, default_palette(len(names)))
+    if num_classes is None:
+        raise InputError(
+            f"{name} dataset needs its classes: pass num_classes= (or --num-classes), info=, or write "
+            f"{classes_file} with one class name per line"
+        )
+    if not 1 <= num_classes <= 65535:
+        raise InputError(f"num_classes must be in [1, 65535], got {num_classes}")
+    return DatasetInfo(name, tuple(f"class_{i}" for i in range(num_classes)), default_palette(num_classes))
+
+
+def detect_kind(root: str | Path) -> str:
+    """Recognise the layout at ``root`` (module docstring); raises DataError listing what was tried."""
+    root = Path(root)
+    if root.is_file():
+        return "list"
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset path not found")
+    voc = _voc_root(root)
+    if (voc / "JPEGImages").is_dir() and (voc / "ImageSets" / "Segmentation").is_dir():
+        return "voc2012"
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return "cityscapes"
+    ade = _ade20k_root(root)
+    if (ade / "images").is_dir() and (ade / "annotations").is_dir():
+        return "ade20k"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "folder"
+    raise DataError(
+        f"{root}: dataset layout not recognised; looked for VOC2012 (JPEGImages/ + ImageSets/Segmentation/), "
+        f"Cityscapes (leftImg8bit/ + gtFine/), ADE20K (images/ + annotations/), a folder dataset "
+        f"(images/ + masks/) or a list file; pass kind= (--kind) to say which"
+    )
+
+
+def open_dataset(
+    root: str | Path,
+    kind: str = "auto",
+    split: str = "train",
+    *,
+    info: DatasetInfo | None = None,
+    transform: Callable[..., Any] | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    data_root: str | Path | None = None,
+    preprocess: Preprocess = PYTORCH_PREPROCESS,
+    mask_palette: Sequence[Sequence[int]] | None = None,
+    strict: bool = True,
+) -> SegmentationDataset:
+    """Open a dataset from its on-disk layout (module docstring lists them).
+
+    Args:
+        root: dataset folder, or the list file for ``kind="list"``.
+        kind: ``"auto"`` (detect), ``"voc2012"``, ``"cityscapes"``, ``"ade20k"``, ``"folder"``, ``"list"``.
+        split: ``"train"``, ``"val"`` (``"trainaug"`` for VOC; ignored by ``list``).
+        info: label space; defaults to the dataset's own (VOC2012/CITYSCAPES/ADE20K) for the
+            public datasets; for folder/list, see ``num_classes``.
+        transform: paired transform (``train_transforms(...)``) or None.
+        seed: augmentation seed base.
+        num_classes: class count for folder/list datasets without ``info`` or ``classes.txt``.
+        data_root: base of the relative paths in a list file (default: the list file's folder).
+        preprocess: normalisation when the transform does not produce tensors.
+        mask_palette: accept RGB colour masks, mapping colour ``palette[i]`` to id ``i``.
+        strict: raise on missing pairs / duplicate stems (True) or keep them in
+            ``dataset.problems`` and skip those samples (False, used by ``verify-dataset``).
+
+    Raises:
+        DataError: layout not found, list entries missing, no samples.
+        InputError: bad kind, split or class count.
+    """
+    root = Path(root)
+    if kind not in DATASET_KINDS:
+        raise InputError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
+    if kind == "auto":
+        kind = detect_kind(root)
+    problems = _Problems()
+    label_map: LabelMap | None = None
+    if kind == "voc2012":
+        samples, default_info = _voc_samples(root, split, problems), VOC2012
+    elif kind == "cityscapes":
+        samples, default_info = _cityscapes_samples(root, split, problems), CITYSCAPES
+        label_map = cityscapes_lut()
+    elif kind == "ade20k":
+        samples, default_info = _ade20k_samples(root, split, problems), ADE20K
+        label_map = ade20k_label_map
+    elif kind == "folder":
+        if not root.is_dir():
+            raise DataError(f"{root}: dataset folder not found")
+        samples = _folder_samples(root, split, problems)
+        default_info = _custom_info(root.name or "folder", info, num_classes, root / "classes.txt")
+    else:
+        base = Path(data_root) if data_root is not None else root.parent
+        samples = _list_samples(root, base, problems)
+        default_info = _custom_info(root.stem, info, num_classes, root.parent / "classes.txt")
+    if info is None:
+        info = default_info
+    if num_classes is not None and num_classes != info.num_classes:
+        raise InputError(f"num_classes={num_classes} but the {kind} dataset has {info.num_classes} classes")
+    if strict:
+        problems.raise_if_any(f"{root} ({kind}, split {split!r})")
+    if not samples and not problems.items:
+        raise DataError(f"{root}: no samples found for {kind} split {split!r}")
+    return SegmentationDataset(
+        samples,
+        info,
+        label_map=label_map,
+        transform=transform,
+        seed=seed,
+        preprocess=preprocess,
+        mask_palette=mask_palette,
+        root=root,
+        problems=problems.items,
+    )

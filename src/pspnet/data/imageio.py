@@ -1,0 +1,238 @@
+"""Reading images and label masks the same way everywhere, with errors that name the file.
+
+Images go through OpenCV (fast JPEG/PNG decoding, non-ASCII paths via ``np.fromfile``) and come
+back as RGB ``uint8``; masks go through Pillow because palette PNGs (PASCAL VOC) must be read as
+palette *indices*, which OpenCV would expand to colours. Both check the header size before
+decoding, so a 100k x 100k file fails fast instead of exhausting memory in a DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pspnet.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSIONS",
+    "MAX_PIXELS",
+    "colour_mask_to_ids",
+    "read_image",
+    "read_mask",
+]
+
+MAX_PIXELS = 20000 * 20000
+"""Largest image (width x height) read by default; larger files are refused before decoding."""
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+"""File suffixes (lower case) treated as images when scanning folders."""
+MASK_EXTENSIONS = (".png", ".bmp", ".pgm", ".tif", ".tiff")
+"""Lossless suffixes accepted for label masks (a JPEG mask would have blurred label values)."""
+
+_EXIF_ORIENTATION = 0x0112
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _header(path: Path, max_pixels: int) -> tuple[tuple[int, int], int] | None:
+    """``((width, height), exif_orientation)`` from the header, or None if Pillow cannot parse it.
+
+    Pillow's own decompression-bomb check is lifted while opening, because this function applies
+    ``max_pixels`` itself and gives a clearer message.
+    """
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                orientation = 1
+                if im.format in ("JPEG", "TIFF", "WEBP", "PNG"):
+                    try:
+                        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+                    except Exception:  # a corrupt EXIF block must not make the pixels unreadable
+                        orientation = 1
+        except UnidentifiedImageError:
+            return None
+        except OSError as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    if size[0] * size[1] > max_pixels:
+        raise DataError(
+            f"{path}: image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, more than the limit "
+            f"of {max_pixels}; resize it, or raise max_pixels if this is intended"
+        )
+    return size, orientation
+
+
+def _apply_exif_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip decoded pixels so they look as the camera meant (EXIF tag 274, values 1-8)."""
+    if orientation == 2:
+        return image[:, ::-1]
+    if orientation == 3:
+        return image[::-1, ::-1]
+    if orientation == 4:
+        return image[::-1]
+    if orientation == 5:
+        return image.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(image, -1)
+    if orientation == 7:
+        return image.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(image, 1)
+    return image
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: not a readable image (empty file)")
+
+
+def _check_complete(path: Path) -> None:
+    """Fully decode with Pillow, which (unlike OpenCV) raises on a truncated JPEG instead of padding it."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete: bool = False) -> np.ndarray:
+    """Read an image file as an RGB ``uint8`` array of shape ``(H, W, 3)``.
+
+    Grey images are repeated to three channels, an alpha channel is dropped, 16-bit images are
+    scaled to 8 bits (``>> 8``) and the EXIF orientation is applied (phone photos are often
+    stored sideways with a rotation tag).
+
+    Args:
+        path: image file.
+        max_pixels: refuse larger images (checked from the header, before decoding).
+        check_complete: also decode with Pillow to catch truncated JPEGs, which OpenCV pads with
+            grey after a warning; costs a second decode, so ``verify-dataset`` uses it, training not.
+
+    Raises:
+        DataError: the file is missing, empty, truncated, not an image, or too large.
+    """
+    path = Path(path)
+    _check_file(path)
+    header = _header(path, max_pixels)
+    if check_complete and header is not None:
+        _check_complete(path)
+    data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it fails on non-ASCII Windows paths
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"{path}: not a readable image (OpenCV could not decode it; truncated or corrupt?)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported pixel type {image.dtype}; convert it to 8-bit RGB")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        raise DataError(f"{path}: {image.shape[2]} channels; expected grey, RGB or RGBA")
+    if header is not None and header[1] != 1:
+        image = np.ascontiguousarray(_apply_exif_orientation(image, header[1]))
+    return image
+
+
+def colour_mask_to_ids(
+    mask: np.ndarray, palette: Sequence[Sequence[int]], *, source: str | Path = "mask"
+) -> np.ndarray:
+    """Convert an ``(H, W, 3)`` RGB colour mask to class ids, id = position in ``palette``.
+
+    Every colour must be in the palette exactly (no nearest-colour guessing: a colour that is not
+    there means an anti-aliased or JPEG-compressed mask, which would silently corrupt labels).
+    """
+    table = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    keys = (table[:, 0] << 16) | (table[:, 1] << 8) | table[:, 2]
+    packed = (mask[..., 0].astype(np.int64) << 16) | (mask[..., 1].astype(np.int64) << 8) | mask[..., 2]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pos = np.clip(np.searchsorted(sorted_keys, packed), 0, len(sorted_keys) - 1)
+    found = sorted_keys[pos] == packed
+    if not found.all():
+        bad = packed[~found]
+        first = int(bad.flat[0])
+        colour = (first >> 16, (first >> 8) & 255, first & 255)
+        raise DataError(
+            f"{source}: colour {colour} ({int(bad.size)} pixels) is not in the palette of {len(table)} "
+            f"colours; fix the mask (anti-aliased or JPEG-compressed?) or pass the full palette"
+        )
+    dtype = np.uint8 if len(table) <= 256 else np.int32
+    return order[pos].astype(dtype)
+
+
+def read_mask(
+    path: str | Path, *, palette: Sequence[Sequence[int]] | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Read a label mask as a 2-D integer array of raw label values (not yet mapped to train ids).
+
+    Accepted: single-channel 8/16/32-bit masks, palette ("P") PNGs (the palette *indices* are
+    returned, as PASCAL VOC needs), grey+alpha (alpha ignored), and RGB(A) masks whose three
+    channels are equal everywhere (grey saved as RGB). A genuine colour mask needs ``palette``
+    (one RGB tuple per class id) and is converted exactly.
+
+    Returns:
+        ``uint8`` for 8-bit and palette masks, ``uint16``/``int32`` for deeper ones.
+
+    Raises:
+        DataError: unreadable file, or a colour mask without (or not matching) a palette.
+    """
+    path = Path(path)
+    _check_file(path)
+    if _header(path, max_pixels) is None:
+        raise DataError(f"{path}: not a readable image (unknown format)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "L", "P"):
+                mask = np.array(im if mode != "1" else im.convert("L"))
+            elif mode in ("I;16", "I;16B", "I;16L"):
+                mask = np.array(im).astype(np.uint16)
+            elif mode == "I":
+                mask = np.array(im).astype(np.int32)
+            elif mode == "LA":
+                mask = np.array(im.getchannel("L"))
+            elif mode in ("RGB", "RGBA"):
+                mask = np.array(im.convert("RGB") if mode == "RGBA" else im)
+            else:
+                raise DataError(
+                    f"{path}: mask mode {mode!r} is not supported; save it as a single-channel PNG"
+                )
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    if mode == "1":
+        mask = (mask > 0).astype(np.uint8)
+    if mask.ndim == 3:
+        if (mask[..., 0] == mask[..., 1]).all() and (mask[..., 1] == mask[..., 2]).all():
+            return np.ascontiguousarray(mask[..., 0])
+        if palette is None:
+            raise DataError(
+                f"{path}: looks like an RGB colour mask; pass the class palette (RGB per id) so colours "
+                f"can be mapped to ids, or save masks as single-channel PNGs of class ids"
+            )
+        return colour_mask_to_ids(mask, palette, source=path)
+    return mask

@@ -1,0 +1,192 @@
+"""Check a whole dataset before training on it, and summarise what is in it.
+
+Training crashes (or, worse, silently learns nothing) on bad masks: labels past ``num_classes``
+trigger a device-side assert hours in, and binary masks saved as 0/255 make every foreground
+pixel the ignore label. :func:`verify_dataset` reads every pair once and reports all of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pspnet.data.datasets import SegmentationDataset
+from pspnet.data.imageio import read_image
+from pspnet.errors import DataError
+
+__all__ = ["VerifyReport", "verify_dataset"]
+
+_SHOWN_PROBLEMS = 50
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify_dataset`.
+
+    Attributes:
+        dataset: dataset name; ``root`` where it lives.
+        num_samples: pairs in the dataset; ``num_checked`` pairs read (``max_files``).
+        class_names: names in id order; ``class_pixels`` pixel count per class id.
+        ignore_pixels: pixels with the ignore label; ``ignore_index`` its value.
+        sizes: ``"WxH" -> number of images``.
+        problems: ``(path, message)`` for every problem found.
+    """
+
+    dataset: str
+    root: str
+    num_samples: int
+    num_checked: int
+    class_names: tuple[str, ...]
+    ignore_index: int
+    class_pixels: list[int]
+    ignore_pixels: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "ok": self.ok,
+            "num_samples": self.num_samples,
+            "num_checked": self.num_checked,
+            "ignore_index": self.ignore_index,
+            "ignore_pixels": self.ignore_pixels,
+            "class_pixels": dict(zip(self.class_names, self.class_pixels, strict=True)),
+            "sizes": self.sizes,
+            "problems": [{"path": p, "message": m} for p, m in self.problems],
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def format(self, max_problems: int = _SHOWN_PROBLEMS) -> str:
+        """Human-readable report: problems first (at most ``max_problems``), then the summary."""
+        lines = [f"{p}: {m}" for p, m in self.problems[:max_problems]]
+        if len(self.problems) > max_problems:
+            lines.append(f"... and {len(self.problems) - max_problems} more problems (see --json)")
+        lines.append(
+            f"dataset {self.dataset} at {self.root}: {self.num_checked} of {self.num_samples} pairs checked, "
+            f"{len(self.problems)} problem(s)"
+        )
+        labelled = sum(self.class_pixels) + self.ignore_pixels
+        lines.append("pixels per class:")
+        width = max((len(n) for n in self.class_names), default=5)
+        for cid, (name, count) in enumerate(zip(self.class_names, self.class_pixels, strict=True)):
+            share = 100.0 * count / labelled if labelled else 0.0
+            lines.append(f"  {cid:>4} {name:<{width}} {count:>12} {share:6.2f}%")
+        share = 100.0 * self.ignore_pixels / labelled if labelled else 0.0
+        lines.append(f"  {self.ignore_index:>4} {'(ignore)':<{width}} {self.ignore_pixels:>12} {share:6.2f}%")
+        lines.append("image sizes (WxH: count):")
+        for size, count in sorted(self.sizes.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  {size}: {count}")
+        if len(self.sizes) > 10:
+            lines.append(f"  ... {len(self.sizes) - 10} more sizes")
+        return "\n".join(lines)
+
+
+def verify_dataset(
+    dataset: SegmentationDataset, *, max_files: int | None = None, progress: bool = True
+) -> VerifyReport:
+    """Read every image/mask pair of ``dataset`` and report problems plus label statistics.
+
+    Checks: unreadable/truncated images and masks, RGB colour masks, image/mask size mismatch,
+    label values outside ``[0, num_classes)`` other than the ignore index, masks that look like
+    binary 0/255 (all masks hold only 0 and 255), and the layout problems (missing pairs,
+    duplicate stems) found when the dataset was opened with ``strict=False``.
+    """
+    info = dataset.info
+    count = len(dataset) if max_files is None else min(len(dataset), max_files)
+    report = VerifyReport(
+        dataset=info.name,
+        root=str(dataset.root),
+        num_samples=len(dataset),
+        num_checked=count,
+        class_names=info.class_names,
+        ignore_index=info.ignore_index,
+        class_pixels=[0] * info.num_classes,
+        problems=list(dataset.problems),
+    )
+    sizes: Counter[str] = Counter()
+    seen_values: set[int] = set()
+    for index in tqdm(range(count), desc="verify", unit="pair", disable=not progress, leave=False):
+        sample = dataset.samples[index]
+        try:
+            image = read_image(sample.image, check_complete=True)
+        except DataError as exc:
+            report.problems.append((str(sample.image), _strip_path(str(exc), sample.image)))
+            image = None
+        try:
+            raw = dataset.read_raw_mask(index)
+        except DataError as exc:
+            report.problems.append((str(sample.mask), _strip_path(str(exc), sample.mask)))
+            continue
+        if raw is None:
+            continue
+        if image is not None:
+            sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
+            if raw.shape != image.shape[:2]:
+                report.problems.append(
+                    (
+                        str(sample.mask),
+                        f"mask is {raw.shape[1]}x{raw.shape[0]} but the image is "
+                        f"{image.shape[1]}x{image.shape[0]}",
+                    )
+                )
+        _count_labels(dataset, raw, sample.mask, report, seen_values)
+    if seen_values == {0, info.ignore_index} and report.num_checked:
+        report.problems.append(
+            (
+                str(dataset.root),
+                f"every mask has values {{0, {info.ignore_index}}} only: binary masks stored as 0/255? "
+                f"{info.ignore_index} is the ignore label, so all foreground would be ignored; "
+                f"map 255 -> 1 (mask // 255) and use num_classes=2",
+            )
+        )
+    report.sizes = dict(sizes)
+    return report
+
+
+def _strip_path(message: str, path: Path | None) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _count_labels(
+    dataset: SegmentationDataset,
+    raw: np.ndarray,
+    mask_path: Path | None,
+    report: VerifyReport,
+    seen_values: set[int],
+) -> None:
+    mapped = dataset.map_mask(raw).ravel()
+    num_classes, ignore = report.class_pixels.__len__(), report.ignore_index
+    values, counts = np.unique(mapped, return_counts=True)
+    seen_values.update(int(v) for v in values)
+    bad = []
+    for value, n in zip(values.tolist(), counts.tolist(), strict=True):
+        if 0 <= value < num_classes:
+            report.class_pixels[value] += n
+        elif value == ignore:
+            report.ignore_pixels += n
+        else:
+            bad.append((value, n))
+    if bad:
+        shown = ", ".join(f"{v} ({n} px)" for v, n in bad[:8])
+        report.problems.append(
+            (
+                str(mask_path),
+                f"label values outside [0, {num_classes}) and not ignore {ignore}: {shown}; "
+                f"check num_classes or the label mapping",
+            )
+        )

@@ -1,0 +1,145 @@
+"""read_image / read_mask: colour conversions, EXIF, limits, palette masks and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from pspnet.data.imageio import colour_mask_to_ids, read_image, read_mask
+from pspnet.data.info import VOC2012
+from pspnet.errors import DataError
+
+
+def _pattern(h: int = 6, w: int = 9) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_png_rgb_round_trip_and_non_ascii_path(tmp_path: Path) -> None:
+    image = _pattern()
+    path = tmp_path / "dossier é 图像" / "photo ü.png"
+    path.parent.mkdir()
+    Image.fromarray(image).save(path)
+    got = read_image(path)
+    assert got.dtype == np.uint8 and got.shape == (6, 9, 3)
+    np.testing.assert_array_equal(got, image)  # RGB order, not OpenCV's BGR
+
+
+def test_grey_rgba_and_16bit(tmp_path: Path) -> None:
+    grey = _pattern()[..., 0]
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png"), np.stack([grey] * 3, axis=-1))
+
+    rgba = np.dstack([_pattern(), np.full((6, 9), 7, np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgba[..., :3])
+
+    deep = np.arange(6 * 9 * 3, dtype=np.uint16).reshape(6, 9, 3) * 400  # up to 64400
+    cv2.imwrite(str(tmp_path / "d.png"), deep[..., ::-1])  # OpenCV writes BGR
+    np.testing.assert_array_equal(read_image(tmp_path / "d.png"), (deep // 256).astype(np.uint8))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
+    image = _pattern()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"  # lossless, so Pillow's reference transpose compares exactly
+    Image.fromarray(image).save(path, exif=exif)
+    expected = np.array(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    np.testing.assert_array_equal(read_image(path), expected)
+
+
+def test_exif_rotation_on_jpeg(tmp_path: Path) -> None:
+    image = np.zeros((40, 64, 3), np.uint8)
+    image[:20, :32] = (255, 0, 0)  # red block top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(image).save(path, exif=exif, quality=95)
+    got = read_image(path)
+    assert got.shape == (64, 40, 3)
+    # after a clockwise quarter turn the top-left block is at the top-right
+    assert got[:32, 20:, 0].mean() > 200 and got[:32, 20:, 1].mean() < 50
+    assert got[:32, :20, 0].mean() < 50
+
+
+def test_bad_files_raise_data_error_naming_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(good)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    png = tmp_path / "good.png"
+    Image.fromarray(_pattern(64, 64)).save(png)
+    cut_png = tmp_path / "cut.png"
+    cut_png.write_bytes(png.read_bytes()[:200])
+    for path in (empty, text, cut_png, tmp_path / "missing.png"):
+        with pytest.raises(DataError, match=str(path.name)):
+            read_image(path)
+        with pytest.raises(DataError, match=str(path.name)):
+            read_mask(path)
+    with pytest.raises(DataError, match=r"cut\.jpg: not a readable image"):
+        read_image(truncated, check_complete=True)  # OpenCV alone would pad the missing half with grey
+    assert read_image(good, check_complete=True).shape == (64, 64, 3)
+
+
+def test_huge_image_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(path)
+    with pytest.raises(DataError, match=r"big\.png.*400x300"):
+        read_image(path, max_pixels=100_000)
+    with pytest.raises(DataError, match="big.png"):
+        read_mask(path, max_pixels=100_000)
+    assert read_image(path, max_pixels=120_000).shape == (300, 400, 3)
+
+
+def test_palette_png_returns_indices(tmp_path: Path) -> None:
+    mask = np.array([[0, 15, 255], [1, 20, 0]], np.uint8)
+    im = Image.fromarray(mask, mode="P")
+    im.putpalette([c for col in VOC2012.palette for c in col] + [224, 224, 192] * 235)
+    im.save(tmp_path / "voc.png")
+    got = read_mask(tmp_path / "voc.png")
+    assert got.ndim == 2
+    np.testing.assert_array_equal(got, mask)
+
+
+def test_grey_and_16bit_masks(tmp_path: Path) -> None:
+    mask = np.array([[0, 3], [255, 7]], np.uint8)
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
+    deep = np.array([[0, 300], [65535, 1000]], np.uint16)
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    got = read_mask(tmp_path / "d.png")
+    np.testing.assert_array_equal(got.astype(np.int64), deep.astype(np.int64))
+    grey_rgb = np.repeat(mask[..., None], 3, axis=2)
+    Image.fromarray(grey_rgb).save(tmp_path / "grey_rgb.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey_rgb.png"), mask)
+
+
+def test_colour_mask_needs_palette_and_converts_exactly(tmp_path: Path) -> None:
+    palette = [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
+    ids = np.array([[0, 1, 2], [2, 2, 1]])
+    colour = np.array([[palette[i] for i in row] for row in ids], np.uint8)
+    path = tmp_path / "colour.png"
+    Image.fromarray(colour).save(path)
+    with pytest.raises(DataError, match=r"colour\.png.*RGB colour mask.*palette"):
+        read_mask(path)
+    np.testing.assert_array_equal(read_mask(path, palette=palette), ids)
+
+    colour[1, 0] = colour[1, 1] = (1, 2, 3)
+    Image.fromarray(colour).save(path)
+    with pytest.raises(DataError, match=r"colour\.png: colour \(1, 2, 3\) \(2 pixels\)"):
+        read_mask(path, palette=palette)
+
+
+def test_colour_mask_to_ids_with_unsorted_palette() -> None:
+    palette = [(200, 0, 0), (0, 0, 5), (10, 10, 10)]
+    mask = np.array([[[0, 0, 5], [200, 0, 0], [10, 10, 10]]], np.uint8)
+    np.testing.assert_array_equal(colour_mask_to_ids(mask, palette), [[1, 0, 2]])
