@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "ADE20K",
     "CITYSCAPES",
+    "CONTEXT_DEMO",
     "DATASETS",
     "IGNORE_INDEX",
     "VOC2012",
@@ -496,8 +497,27 @@ _ADE20K_PALETTE = (
 VOC2012 = DatasetInfo("voc2012", _VOC2012_NAMES, _VOC2012_PALETTE, crop_size=473, base_size=512)
 CITYSCAPES = DatasetInfo("cityscapes", _CITYSCAPES_NAMES, _CITYSCAPES_PALETTE, crop_size=713, base_size=2048)
 ADE20K = DatasetInfo("ade20k", _ADE20K_NAMES, _ADE20K_PALETTE, crop_size=473, base_size=512)
+CONTEXT_DEMO = DatasetInfo(
+    "context_demo",
+    ("sky", "water", "road", "boat", "car", "pier", "sidewalk", "pole"),
+    (
+        (70, 130, 180),  # sky
+        (0, 80, 220),  # water
+        (128, 64, 128),  # road
+        (255, 140, 0),  # boat
+        (0, 0, 142),  # car
+        (150, 100, 50),  # pier
+        (244, 35, 232),  # sidewalk
+        (220, 220, 0),  # pole
+    ),
+    crop_size=192,
+    base_size=192,
+    # look-alike pairs, listed pairwise: only the scene tells them apart (pspnet.data.synthetic)
+    context_classes=("boat", "car", "pier", "sidewalk"),
+)
+"""Label space of the built-in context benchmark; crop and base size equal the default image size."""
 
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (VOC2012, CITYSCAPES, ADE20K)}
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (VOC2012, CITYSCAPES, ADE20K, CONTEXT_DEMO)}
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
