@@ -1,0 +1,153 @@
+"""``pspnet predict``: label PNGs, overlays and confidence maps for images, folders and globs."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+NAME = "predict"
+HELP = "segment images: label PNGs (values = class ids), colour overlays, confidence maps"
+DESCRIPTION = (
+    "INPUTS are image files, folders (their images, sorted) or quoted glob patterns. For each image "
+    "writes OUT/<stem>.png (palette PNG whose pixel values are the class ids; 16-bit grey above 256 "
+    "classes), OUT/<stem>_overlay.jpg and, with --confidence, OUT/<stem>_confidence.png (max probability "
+    "x 255), all at the input size. An unreadable input is reported on stderr and skipped; the exit "
+    "status is then 1."
+)
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders or glob patterns")
+    parser.add_argument("--model", required=True, type=Path, help="model file (.safetensors)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
+    parser.add_argument("--base-size", type=int, default=None, help="long side at scale 1.0 (multi-scale)")
+    parser.add_argument(
+        "--crop-size", type=int, default=None, help="sliding-window crop (default: training crop)"
+    )
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    parser.add_argument(
+        "--overlay", action=argparse.BooleanOptionalAction, default=True, help="write <stem>_overlay.jpg"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)"
+    )
+    parser.add_argument("--confidence", action="store_true", help="also write <stem>_confidence.png")
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files to process (in order, duplicates dropped) and the inputs that matched nothing."""
+    from pspnet.data.imageio import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.exists():
+            found = [path]
+        elif _GLOB_CHARS & set(item):
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+        else:
+            found = []
+        if not found:
+            missing.append(item)
+        files.extend(found)
+    unique = list(dict.fromkeys(files))
+    return unique, missing
+
+
+def _check_stems(files: list[Path]) -> None:
+    from pspnet.errors import InputError
+
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise InputError(
+                f"{seen[path.stem]} and {path} would both write {path.stem}.png; rename one or predict them "
+                "into different --out folders"
+            )
+        seen[path.stem] = path
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pspnet.data.info import default_palette
+    from pspnet.errors import DataError, InputError
+    from pspnet.io.checkpoint import load_model
+    from pspnet.predict import load_image, predict
+    from pspnet.viz import overlay, save_confidence_png, save_image, save_label_png
+
+    files, missing = expand_inputs(args.inputs)
+    for item in missing:
+        print(f"pspnet predict: {item}: no such file, or no images in it; skipped", file=sys.stderr)
+    if not files:
+        raise InputError(f"no images found in {' '.join(args.inputs)}")
+    _check_stems(files)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, map_location=device)
+    info = model.dataset_info
+    palette = info.palette if info is not None else default_palette(model.num_classes)
+    if args.mode == "slide" and args.crop_size is None and info is None:
+        # Checked once here rather than failing identically for every image.
+        raise InputError(f"--mode slide needs --crop-size: {args.model} records no training crop size")
+
+    iterator: object = files
+    write = print
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(files, desc="predict", unit="img", dynamic_ncols=True)
+        write = tqdm.write
+    failed = len(missing)
+    done = 0
+    for path in iterator:  # type: ignore[attr-defined]
+        try:
+            image = load_image(path)
+        except DataError as exc:
+            write(f"pspnet predict: skipped: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            result = predict(
+                model,
+                image,
+                mode=args.mode,
+                crop_size=args.crop_size,
+                scales=tuple(args.scales),
+                base_size=args.base_size,
+                flip=args.flip,
+                batch_size=args.batch_size,
+                return_confidence=args.confidence,
+            )
+        except ValueError as exc:  # e.g. an image smaller than the network's minimum input
+            write(f"pspnet predict: skipped: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        written: list[Path] = []
+        try:
+            written.append(save_label_png(args.out / f"{path.stem}.png", result.labels, palette))
+            if args.overlay:
+                blended = overlay(image, result.labels, palette, alpha=args.alpha)
+                written.append(save_image(args.out / f"{path.stem}_overlay.jpg", blended))
+            if args.confidence and result.confidence is not None:
+                written.append(
+                    save_confidence_png(args.out / f"{path.stem}_confidence.png", result.confidence)
+                )
+        except BaseException:
+            for item in written:  # all outputs of an image or none of them
+                item.unlink(missing_ok=True)
+            raise
+        done += 1
+    print(f"wrote {done} prediction(s) to {args.out}" + (f"; {failed} input(s) failed" if failed else ""))
+    return 1 if failed else 0

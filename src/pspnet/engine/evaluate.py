@@ -1,0 +1,210 @@
+"""Dataset evaluation: predict every image with the authors' protocol and score it.
+
+``evaluate`` needs only ``dataset.info`` (class names, ignore index), ``len(dataset)`` and
+``dataset.load_raw(i) -> (RGB uint8 image, int64 train-id mask)``: no DataLoader, no transform,
+because the protocol works on full-size raw images one at a time (the batching happens inside,
+across sliding windows). Under ``torch.distributed`` each rank takes images ``rank::world`` and the
+confusion matrices are summed, so every rank returns the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from pspnet.engine.inference import INFERENCE_MODES, predict_probs
+from pspnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
+from pspnet.errors import InputError
+
+__all__ = ["EvalDataset", "EvalResult", "evaluate"]
+
+
+class EvalDataset(Protocol):
+    """What :func:`evaluate` reads from a dataset (``SegmentationDataset`` provides it)."""
+
+    info: Any
+
+    def __len__(self) -> int: ...
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+@dataclass
+class EvalResult:
+    """Scores, the raw confusion matrix (rows = ground truth, cols = prediction) and the settings."""
+
+    metrics: SegmentationMetrics
+    confusion: np.ndarray
+    class_names: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    num_images: int = 0
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"mIoU {100 * m.miou:.2f}  mAcc {100 * m.macc:.2f}  allAcc {100 * m.allacc:.2f}  "
+            f"(mIoU over {sum(m.present)} present classes {100 * m.miou_present:.2f}; "
+            f"fwIoU {100 * m.fwiou:.2f}; mDice {100 * m.mdice:.2f})"
+        )
+
+    def format_table(self) -> str:
+        """Per-class IoU / accuracy / Dice (percent) and the summary lines, ready to print."""
+        width = max([len("class"), *(len(n) for n in self.class_names)])
+        lines = [f"{'id':>4}  {'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'Dice':>6}"]
+        m = self.metrics
+        for i, name in enumerate(self.class_names):
+            if m.present[i]:
+                scores = f"{100 * m.iou[i]:6.2f}  {100 * m.acc[i]:6.2f}  {100 * m.dice[i]:6.2f}"
+                lines.append(f"{i:>4}  {name:<{width}}  {scores}")
+            else:
+                lines.append(f"{i:>4}  {name:<{width}}  {'absent (not in ground truth or prediction)':>22}")
+        lines.append("")
+        lines.append(f"{self.num_images} images, {m.labelled_pixels} labelled pixels")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics.to_dict(self.class_names),
+            "settings": self.settings,
+            "num_images": self.num_images,
+            "confusion": self.confusion.astype(np.int64).tolist(),
+        }
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write every number and the settings as JSON (atomically)."""
+        from pspnet.io.checkpoint import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2)
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def save_confusion_plot(self, path: str | os.PathLike[str]) -> Path:
+        """Row-normalised confusion matrix as a PNG image."""
+        from pspnet.viz import plot_confusion_matrix
+
+        return plot_confusion_matrix(self.confusion, self.class_names, path)
+
+
+def _rank_and_world(distributed: bool | None) -> tuple[int, int]:
+    active = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and not active:
+        raise InputError("distributed=True but torch.distributed is not initialised")
+    if active and distributed is not False:
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: EvalDataset,
+    *,
+    mode: str = "whole",
+    crop_size: int | None = None,
+    stride_rate: float = 2 / 3,
+    scales: Sequence[float] = (1.0,),
+    base_size: int | None = None,
+    flip: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    distributed: bool | None = None,
+    batch_size: int = 4,
+    limit: int | None = None,
+) -> EvalResult:
+    """Score ``model`` on ``dataset`` with the authors' protocol; metrics over the whole dataset.
+
+    Args:
+        model: a PSPNet (moved to ``device`` if given).
+        dataset: see :class:`EvalDataset`; images without a mask are skipped (nothing to score).
+        mode, crop_size, stride_rate, scales, base_size, flip, batch_size: as in
+            :func:`pspnet.engine.inference.predict_probs`; ``crop_size`` defaults to the model's,
+            then the dataset's training crop. The authors resize every image to ``base_size`` at
+            scale 1.0 too: pass ``base_size=dataset.info.base_size`` for their exact single-scale
+            protocol (``pspnet eval`` does so for VOC2012, Cityscapes and ADE20K).
+        device: where to run; default: where the model is.
+        progress: show a tqdm progress bar (rank 0 only).
+        distributed: None = shard over ranks when torch.distributed is initialised; False = never.
+        limit: evaluate only the first ``limit`` images (quick checks).
+
+    Raises:
+        InputError: the model's class count differs from the dataset's, or bad settings.
+    """
+    info = dataset.info
+    num_classes = int(getattr(model, "num_classes", info.num_classes))
+    if num_classes != info.num_classes:
+        raise InputError(
+            f"the model predicts {num_classes} classes but dataset {info.name!r} has {info.num_classes}; "
+            "evaluate a model trained for this dataset"
+        )
+    if mode not in INFERENCE_MODES:
+        raise InputError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    if mode == "slide" and crop_size is None:
+        model_info = getattr(model, "dataset_info", None)
+        crop_size = model_info.crop_size if model_info is not None else info.crop_size
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be >= 1, got {limit}")
+    if device is not None:
+        model.to(device)
+    run_device = next(model.parameters()).device
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    rank, world = _rank_and_world(distributed)
+    indices = range(rank, total, world)
+    confusion = ConfusionMatrix(num_classes, info.ignore_index, device=run_device)
+    iterator: Any = indices
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        iterator = tqdm(indices, desc="eval", unit="img", dynamic_ncols=True)
+    scored = 0
+    for index in iterator:
+        image, mask = dataset.load_raw(index)
+        if mask is None:
+            continue
+        probs = predict_probs(
+            model,
+            image,
+            mode=mode,
+            crop_size=crop_size,
+            stride_rate=stride_rate,
+            scales=scales,
+            base_size=base_size,
+            flip=flip,
+            batch_size=batch_size,
+            to_cpu=False,
+        )
+        pred = probs.argmax(dim=0)
+        confusion.update(pred, torch.from_numpy(np.ascontiguousarray(mask)).to(run_device))
+        scored += 1
+    confusion.all_reduce()
+    if world > 1:
+        count = torch.tensor([scored], dtype=torch.int64, device=run_device)
+        torch.distributed.all_reduce(count)
+        scored = int(count.item())
+    matrix = confusion.numpy()
+    settings = {
+        "mode": mode,
+        "crop_size": crop_size,
+        "stride_rate": stride_rate,
+        "scales": [float(s) for s in scales],
+        "base_size": base_size,
+        "flip": bool(flip),
+        "dataset": info.name,
+        "num_classes": num_classes,
+        "ignore_index": info.ignore_index,
+        "limit": limit,
+        "world_size": world,
+    }
+    return EvalResult(
+        metrics=metrics_from_confusion(matrix),
+        confusion=matrix,
+        class_names=list(info.class_names),
+        settings=settings,
+        num_images=scored,
+    )

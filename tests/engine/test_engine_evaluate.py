@@ -1,0 +1,215 @@
+"""Dataset evaluation: confusion over the whole dataset, reports, DDP sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from pspnet import create_model
+from pspnet.data.info import DatasetInfo, default_palette
+from pspnet.engine.evaluate import EvalResult, evaluate
+from pspnet.engine.inference import predict_probs
+from pspnet.errors import InputError
+
+NAMES = ("sky", "road", "boat", "car")
+
+
+class FakeDataset:
+    """Implements the evaluation contract (info, __len__, load_raw) with random images in memory."""
+
+    def __init__(self, sizes: list[tuple[int, int]], num_classes: int = 4, seed: int = 0) -> None:
+        names = NAMES[:num_classes] if num_classes <= 4 else tuple(f"c{i}" for i in range(num_classes))
+        self.info = DatasetInfo("fake", names, default_palette(num_classes), crop_size=33, base_size=64)
+        rng = np.random.default_rng(seed)
+        self.items: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for h, w in sizes:
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            mask = rng.integers(0, num_classes, (h, w)).astype(np.int64)
+            mask[rng.random((h, w)) < 0.2] = 255
+            self.items.append((image, mask))
+        self.loaded: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        self.loaded.append(index)
+        return self.items[index]
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = create_model("pspnet_tiny", num_classes=4).eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+    return net
+
+
+def _manual_confusion(model: torch.nn.Module, dataset: FakeDataset, **kwargs) -> np.ndarray:
+    conf = np.zeros((4, 4), dtype=np.int64)
+    for image, mask in dataset.items:
+        if mask is None:
+            continue
+        pred = predict_probs(model, image, **kwargs).argmax(0).numpy()
+        keep = mask != 255
+        np.add.at(conf, (mask[keep], pred[keep]), 1)
+    return conf
+
+
+def test_confusion_accumulates_over_the_whole_dataset(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(40, 52), (33, 33), (25, 60)])
+    result = evaluate(model, dataset, progress=False)
+    expected = _manual_confusion(model, dataset)
+    assert np.array_equal(result.confusion, expected)
+    assert result.num_images == 3
+    inter = np.diag(expected)
+    union = expected.sum(0) + expected.sum(1) - inter
+    assert result.metrics.miou == pytest.approx(float(np.mean(inter / (union + 1e-10))))
+    assert result.metrics.labelled_pixels == int(sum((m != 255).sum() for _, m in dataset.items))
+
+
+def test_settings_are_passed_to_the_inference(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(30, 41), (45, 28)], seed=1)
+    settings = {"mode": "slide", "crop_size": 25, "flip": True, "scales": (0.75, 1.0), "base_size": 48}
+    result = evaluate(model, dataset, progress=False, **settings)
+    assert np.array_equal(result.confusion, _manual_confusion(model, dataset, **settings))
+    assert result.settings["mode"] == "slide" and result.settings["scales"] == [0.75, 1.0]
+
+
+def test_slide_crop_falls_back_to_the_dataset_crop(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(40, 52)], seed=2)
+    result = evaluate(model, dataset, mode="slide", progress=False)
+    assert result.settings["crop_size"] == 33
+    assert np.array_equal(result.confusion, _manual_confusion(model, dataset, mode="slide", crop_size=33))
+
+
+def test_unlabelled_images_are_skipped_and_limit_stops_early(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(20, 20), (20, 24), (24, 20)], seed=3)
+    dataset.items[1] = (dataset.items[1][0], None)
+    result = evaluate(model, dataset, progress=False)
+    assert result.num_images == 2
+    dataset.loaded.clear()
+    limited = evaluate(model, dataset, progress=False, limit=1)
+    assert dataset.loaded == [0] and limited.num_images == 1
+
+
+def test_class_count_mismatch_is_an_input_error(model: torch.nn.Module) -> None:
+    with pytest.raises(InputError, match="4 classes but dataset 'fake' has 5"):
+        evaluate(model, FakeDataset([(20, 20)], num_classes=5), progress=False)
+
+
+def test_reports_table_json_and_confusion_plot(model: torch.nn.Module, tmp_path: Path) -> None:
+    dataset = FakeDataset([(30, 30)], seed=4)
+    for _, mask in dataset.items:
+        mask[mask == 3] = 255  # class "car" never in the ground truth
+    result = evaluate(model, dataset, progress=False)
+    table = result.format_table()
+    for name in NAMES:
+        assert name in table
+    assert "mIoU" in table and "allAcc" in table
+    car_present = result.metrics.present[3]
+    assert ("absent" in table.splitlines()[4]) == (not car_present)
+
+    path = result.to_json(tmp_path / "out" / "metrics.json")
+    data = json.loads(path.read_text())
+    assert data["metrics"]["miou"] == pytest.approx(result.metrics.miou)
+    assert [c["name"] for c in data["metrics"]["per_class"]] == list(NAMES)
+    assert data["settings"]["mode"] == "whole"
+    assert np.array_equal(np.array(data["confusion"]), result.confusion)
+
+    plot = result.save_confusion_plot(tmp_path / "out" / "confusion.png")
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["confusion.png", "metrics.json"]
+
+
+def test_absent_row_in_table_says_absent() -> None:
+    conf = np.array([[3, 0, 0], [0, 2, 0], [0, 0, 0]])
+    from pspnet.engine.metrics import metrics_from_confusion
+
+    result = EvalResult(metrics_from_confusion(conf), conf, ["a", "b", "c"], num_images=1)
+    lines = result.format_table().splitlines()
+    assert "absent" in lines[3] and "absent" not in lines[1] + lines[2]
+    assert "100.00" in lines[1]
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(0)
+        net = create_model("pspnet_tiny", num_classes=4).eval()
+        dataset = FakeDataset([(20, 24), (24, 20), (28, 28), (20, 20), (22, 26)], seed=5)
+        result = evaluate(net, dataset, progress=False)
+        np.save(os.path.join(out_dir, f"conf{rank}.npy"), result.confusion)
+        Path(out_dir, f"loaded{rank}.json").write_text(json.dumps([dataset.loaded, result.num_images]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_distributed_ranks_shard_and_all_reduce(tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    net = create_model("pspnet_tiny", num_classes=4).eval()
+    single = evaluate(
+        net, FakeDataset([(20, 24), (24, 20), (28, 28), (20, 20), (22, 26)], seed=5), progress=False
+    )
+    for rank, shard in ((0, [0, 2, 4]), (1, [1, 3])):
+        assert np.array_equal(np.load(tmp_path / f"conf{rank}.npy"), single.confusion)
+        loaded, count = json.loads((tmp_path / f"loaded{rank}.json").read_text())
+        assert loaded == shard and count == 5
+
+
+def test_eval_command_on_a_folder_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pspnet.data.datasets")
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    model_path = save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "m.safetensors")
+    rng = np.random.default_rng(7)
+    masks = {}
+    for stem, (h, w) in {"p": (30, 41), "q": (36, 28), "r": (25, 25)}.items():
+        (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / "data" / "images" / f"{stem}.png"
+        )
+        mask = rng.integers(0, 4, (h, w)).astype(np.uint8)
+        mask[:3] = 255
+        Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"{stem}.png")
+        masks[stem] = mask
+    (tmp_path / "data" / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_path), "--data", str(tmp_path / "data"), "--out", str(out)]
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "boat" in printed and "mIoU" in printed
+
+    # Expected confusion computed independently from the files, with the public predict API.
+    from pspnet.predict import predict
+
+    net = load_model(model_path)
+    conf = np.zeros((4, 4), dtype=np.int64)
+    for stem, mask in masks.items():
+        labels = predict(net, tmp_path / "data" / "images" / f"{stem}.png").labels
+        keep = mask != 255
+        np.add.at(conf, (mask[keep].astype(np.int64), labels[keep].astype(np.int64)), 1)
+    data = json.loads((out / "metrics.json").read_text())
+    assert np.array_equal(np.array(data["confusion"]), conf)
+    assert data["num_images"] == 3 and data["settings"]["split"] == "val"
+    assert (out / "confusion.png").stat().st_size > 0
+
+    assert main([*argv, "--limit", "1", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 1

@@ -1,0 +1,226 @@
+"""``pspnet.predict.predict`` and the ``pspnet predict`` command, in-process, with a tiny model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pspnet import create_model
+from pspnet.cli import main
+from pspnet.engine.inference import predict_probs
+from pspnet.io.checkpoint import load_model, save_model
+from pspnet.predict import Prediction, load_image, predict
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = create_model("pspnet_tiny", num_classes=4).eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)  # varied predictions, not one class everywhere
+    return save_model(net, tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> torch.nn.Module:
+    return load_model(model_path).eval()
+
+
+def _image(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_predict_array_matches_the_argmax_of_the_probabilities(model: torch.nn.Module) -> None:
+    image = _image(37, 53, seed=0)
+    result = predict(model, image, return_probs=True)
+    probs = predict_probs(model, image)
+    assert isinstance(result, Prediction)
+    assert result.labels.shape == (37, 53) and result.labels.dtype == np.uint8
+    assert np.array_equal(result.labels, probs.argmax(0).numpy())
+    assert len(np.unique(result.labels)) > 1
+    assert result.probs is not None and result.probs.shape == (4, 37, 53)
+    assert result.confidence is not None
+    assert np.allclose(result.confidence, probs.max(0).values.numpy())
+
+
+def test_predict_without_extras_keeps_only_labels(model: torch.nn.Module) -> None:
+    result = predict(model, _image(20, 20, seed=1))
+    assert result.probs is None and result.confidence is None
+    assert predict(model, _image(20, 20, seed=1), return_confidence=True).probs is None
+
+
+def test_predict_reads_paths_and_model_files(
+    model: torch.nn.Module, model_path: Path, tmp_path: Path
+) -> None:
+    image = _image(30, 41, seed=2)
+    path = _write_png(tmp_path / "x.png", image)
+    expected = predict(model, image).labels
+    assert np.array_equal(predict(model, path).labels, expected)
+    assert np.array_equal(predict(model_path, str(path)).labels, expected)
+
+
+def test_predict_handles_grey_rgba_and_16_bit_files(model: torch.nn.Module, tmp_path: Path) -> None:
+    grey = np.random.default_rng(3).integers(0, 256, (24, 31), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    rgba = np.dstack([_image(24, 31, seed=4), np.full((24, 31), 7, dtype=np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    cv2.imwrite(str(tmp_path / "deep.png"), grey.astype(np.uint16) * 257)
+    rgb_grey = np.repeat(grey[..., None], 3, axis=2)
+    assert np.array_equal(load_image(tmp_path / "grey.png"), rgb_grey)
+    assert np.array_equal(load_image(tmp_path / "rgba.png"), rgba[..., :3])
+    assert np.array_equal(load_image(tmp_path / "deep.png"), rgb_grey)
+    for name in ("grey.png", "rgba.png", "deep.png"):
+        assert predict(model, tmp_path / name).labels.shape == (24, 31)
+
+
+def test_predict_refuses_a_float_array(model: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        predict(model, np.zeros((20, 20, 3), dtype=np.float32))
+
+
+def _inputs(tmp_path: Path) -> dict[str, np.ndarray]:
+    images = {"a": _image(37, 53, 10), "b": _image(40, 29, 11), "c": _image(33, 33, 12)}
+    _write_png(tmp_path / "in" / "dir" / "a.png", images["a"])
+    _write_png(tmp_path / "in" / "dir" / "b.png", images["b"])
+    (tmp_path / "in" / "dir" / "broken.png").write_bytes(b"")  # zero bytes: unreadable
+    (tmp_path / "in" / "dir" / "notes.txt").write_text("not an image, not picked from a folder")
+    _write_png(tmp_path / "in" / "glob" / "c.png", images["c"])
+    return images
+
+
+def test_predict_command_writes_label_pngs_and_skips_a_corrupt_input(
+    model: torch.nn.Module, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _inputs(tmp_path)
+    out = tmp_path / "out"
+    status = main(
+        [
+            "predict",
+            str(tmp_path / "in" / "dir"),
+            str(tmp_path / "in" / "glob" / "*.png"),
+            "--model",
+            str(model_path),
+            "--out",
+            str(out),
+            "--confidence",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert status == 1
+    errors = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert "1 input(s) failed" in captured.out
+    expected_files = {f"{s}{suffix}" for s in "abc" for suffix in (".png", "_overlay.jpg", "_confidence.png")}
+    assert {p.name for p in out.iterdir()} == expected_files  # nothing for broken.png, no temp files
+    for stem, image in images.items():
+        with Image.open(out / f"{stem}.png") as im:
+            assert im.mode == "P"
+            labels = np.array(im)
+        assert labels.shape == image.shape[:2]
+        assert np.array_equal(labels, predict(model, image).labels)
+        with Image.open(out / f"{stem}_overlay.jpg") as im:
+            assert im.size == (image.shape[1], image.shape[0])
+        confidence = cv2.imread(str(out / f"{stem}_confidence.png"), cv2.IMREAD_UNCHANGED)
+        assert confidence.shape == image.shape[:2] and confidence.min() >= 255 // 4
+
+
+def test_predict_command_all_good_exits_zero_without_overlays(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_png(tmp_path / "one.png", _image(25, 30, 13))
+    out = tmp_path / "out"
+    argv = [
+        "predict",
+        str(path),
+        "--model",
+        str(model_path),
+        "--out",
+        str(out),
+        "--no-overlay",
+        "--no-progress",
+    ]
+    assert main([*argv, "--mode", "slide", "--crop-size", "17", "--flip", "--scales", "0.75", "1.0"]) == 0
+    assert [p.name for p in out.iterdir()] == ["one.png"]
+    assert capsys.readouterr().err == ""
+
+
+def test_predict_command_missing_input_is_reported_and_fails(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_png(tmp_path / "one.png", _image(20, 20, 14))
+    argv = [
+        "predict",
+        str(path),
+        str(tmp_path / "nope.png"),
+        "--model",
+        str(model_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*argv, "--no-progress"]) == 1
+    assert "nope.png" in capsys.readouterr().err
+    assert (tmp_path / "o" / "one.png").is_file()
+
+
+def test_predict_command_user_errors_exit_2(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_png(tmp_path / "x" / "same.png", _image(20, 20, 15))
+    _write_png(tmp_path / "y" / "same.png", _image(20, 20, 16))
+    argv = [
+        "predict",
+        str(tmp_path / "x"),
+        str(tmp_path / "y"),
+        "--model",
+        str(model_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    assert "same.png" in capsys.readouterr().err
+    assert (
+        main(["predict", str(tmp_path / "empty*"), "--model", str(model_path), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_command_skips_an_image_too_small_for_the_network(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_png(tmp_path / "in" / "big.png", _image(24, 24, 17))
+    _write_png(tmp_path / "in" / "tiny.png", _image(4, 5, 18))
+    out = tmp_path / "o"
+    assert (
+        main(
+            ["predict", str(tmp_path / "in"), "--model", str(model_path), "--out", str(out), "--no-progress"]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "tiny.png" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["big.png", "big_overlay.jpg"]
+
+
+def test_predict_command_slide_without_crop_size_is_one_error(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_png(tmp_path / "one.png", _image(20, 20, 19))
+    argv = ["predict", str(path), "--model", str(model_path), "--out", str(tmp_path / "o"), "--mode", "slide"]
+    assert main(argv) == 2
+    assert "--crop-size" in capsys.readouterr().err
