@@ -1,0 +1,70 @@
+"""The console script: help, subcommand discovery, one-line errors, and docs that match it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pspnet.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _subcommands() -> set[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return set(action.choices)
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in _subcommands():
+        assert name in out
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in sorted(_subcommands()):
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0, name
+        assert "usage: pspnet " + name in capsys.readouterr().out
+
+
+def test_readme_command_table_matches_the_cli() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`pspnet ([a-z][a-z-]*)", readme))
+    assert {"demo", "models", "convert"} <= documented
+    assert documented <= _subcommands(), documented - _subcommands()
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: pspnet" in capsys.readouterr().out
+
+
+def test_console_script_entry_point_runs_as_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pspnet.cli", "models", "fcn_*"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fcn_tiny" in result.stdout
+
+
+def test_user_error_is_one_line_without_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pspnet.cli", "convert", "does-not-exist.pth", "out.safetensors"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "does-not-exist.pth" in result.stderr
