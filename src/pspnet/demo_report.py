@@ -58,14 +58,16 @@ def _plot_iou(runs: Sequence[ModelRun], info: DatasetInfo, path: Path) -> None:
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.6))
     for i, run in enumerate(runs):
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, np.asarray(run.iou) * 100, width, label=run.label)
+        ax.bar(
+            x + (i - (len(runs) - 1) / 2) * width, np.asarray(run.iou) * 100, width, label=run.label, zorder=2
+        )
     for idx, name in enumerate(names):
         if name in info.context_classes:
-            ax.axvspan(idx - 0.45, idx + 0.45, color="gold", alpha=0.25, lw=0)
+            ax.axvspan(idx - 0.45, idx + 0.45, color="gold", alpha=0.25, lw=0, zorder=0)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Per-class IoU on the validation set (context-dependent classes shaded)")
+    ax.set_title("Per-class IoU, validation set (context classes shaded)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
