@@ -1,4 +1,4 @@
-"""``pspnet.predict.predict`` and the ``pspnet predict`` command, in-process, with a tiny model file."""
+"""``pspnet.predict`` and the ``pspnet predict`` command, in-process, with a tiny model file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pspnet import create_model
 from pspnet.cli import main
 from pspnet.engine.inference import predict_probs
 from pspnet.io.checkpoint import load_model, save_model
-from pspnet.predict import Prediction, load_image, predict
+from pspnet.prediction import Prediction, load_image, predict
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,7 @@ def test_eval_command_on_a_folder_dataset(tmp_path: Path, capsys: pytest.Capture
     assert "boat" in printed and "mIoU" in printed
 
     # Expected confusion computed independently from the files, with the public predict API.
-    from pspnet.predict import predict
+    from pspnet.prediction import predict
 
     net = load_model(model_path)
     conf = np.zeros((4, 4), dtype=np.int64)

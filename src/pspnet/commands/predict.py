@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.data.info import default_palette
     from pspnet.errors import DataError, InputError
     from pspnet.io.checkpoint import load_model
-    from pspnet.predict import load_image, predict
+    from pspnet.prediction import load_image, predict
     from pspnet.viz import overlay, save_confidence_png, save_image, save_label_png
 
     files, missing = expand_inputs(args.inputs)
