@@ -22,7 +22,10 @@ _AUTHORS_DATASETS = ("voc2012", "cityscapes", "ade20k")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, type=Path, help="model file (.safetensors from save/convert)"
+        "--model",
+        required=True,
+        type=Path,
+        help="model file: .safetensors (from train/convert) or .onnx (from pspnet export)",
     )
     parser.add_argument(
         "--data", required=True, type=Path, help="dataset root (or list file for --kind list)"
@@ -52,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from pspnet.data.datasets import open_dataset
     from pspnet.engine.evaluate import evaluate
-    from pspnet.io.checkpoint import load_model
+    from pspnet.io.checkpoint import open_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, map_location=device)
+    model = open_model(args.model, map_location=device)
     dataset = open_dataset(args.data, args.kind, args.split, num_classes=model.num_classes)
     model_info = model.dataset_info
     generic = all(name == f"class_{i}" for i, name in enumerate(dataset.info.class_names))

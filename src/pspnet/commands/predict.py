@@ -22,7 +22,9 @@ _GLOB_CHARS = frozenset("*?[")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders or glob patterns")
-    parser.add_argument("--model", required=True, type=Path, help="model file (.safetensors)")
+    parser.add_argument(
+        "--model", required=True, type=Path, help="model file: .safetensors or .onnx (from pspnet export)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pspnet.data.info import default_palette
     from pspnet.errors import DataError, InputError
-    from pspnet.io.checkpoint import load_model
+    from pspnet.io.checkpoint import open_model
     from pspnet.prediction import load_image, predict
     from pspnet.viz import overlay, save_confidence_png, save_image, save_label_png
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no images found in {' '.join(args.inputs)}")
     _check_stems(files)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, map_location=device)
+    model = open_model(args.model, map_location=device)
     info = model.dataset_info
     palette = info.palette if info is not None else default_palette(model.num_classes)
     if args.mode == "slide" and args.crop_size is None and info is None:

@@ -36,6 +36,7 @@ __all__ = [
     "from_pretrained",
     "load_model",
     "load_state_dict_into",
+    "open_model",
     "read_model_metadata",
     "read_torch_file",
     "save_model",
@@ -177,6 +178,21 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     model = _model_from_metadata(meta)
     load_state_dict_into(model, load_file(str(path), device=str(map_location)))
     return model.to(map_location).eval()
+
+
+def open_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """A pspnet ``.safetensors`` model, or an exported ``.onnx`` one run by onnxruntime.
+
+    Both answer ``model(x) -> {"out": logits}`` and carry ``num_classes``, ``preprocess`` and
+    ``dataset_info``, which is all that prediction and evaluation use.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from pspnet.export import OnnxModel
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        return OnnxModel(path)
+    return load_model(path, map_location)
 
 
 def save_pretrained(model: PSPNet, directory: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,90 @@
+"""``pspnet bench``: inference variants, training step, loader and sliding-window timings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "bench"
+HELP = "benchmark inference variants (and training, loading, sliding window) against eager fp32"
+DESCRIPTION = (
+    "Times each inference variant after warm-up and reports median latency with p10/p90, images/s, "
+    "the speed-up over the eager fp32 model measured in the same run, FLOPs per image, achieved GFLOP/s "
+    "as a fraction of a matmul peak measured in the same run, and peak memory. Random weights and "
+    "inputs: speed does not depend on them. On a shared CPU only same-run ratios are meaningful."
+)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x1024 (HxW), got {text!r}") from None
+    return height, width
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pspnet.bench import ALL_VARIANTS, DEFAULT_VARIANTS
+
+    parser.add_argument("--preset", default="pspnet50", help="model preset (default pspnet50)")
+    parser.add_argument("--num-classes", type=int, default=19, help="output classes (default 19)")
+    parser.add_argument(
+        "--size", type=_size, nargs="+", default=[(512, 1024)], help="input sizes HxW (default 512x1024)"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=ALL_VARIANTS,
+        default=list(DEFAULT_VARIANTS),
+        help="inference variants; eager_fp32 is always measured as the baseline",
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (default 5)")
+    parser.add_argument("--train", action="store_true", help="also time SGD training steps")
+    parser.add_argument("--loader", action="store_true", help="also time the training data loader")
+    parser.add_argument(
+        "--loader-workers", type=int, default=None, help="loader workers (default min(4, CPUs))"
+    )
+    parser.add_argument(
+        "--slide", action="store_true", help="also time sliding-window eval of a 1024x2048 image"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add the torch.compile variant (slow to start)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pspnet.bench import format_report, run_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = list(args.variants)
+    if args.compile and "compile" not in variants:
+        variants.append("compile")
+    report = run_benchmark(
+        args.preset,
+        num_classes=args.num_classes,
+        sizes=args.size,
+        batch=args.batch,
+        device=args.device,
+        variants=variants,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        train=args.train,
+        loader=args.loader,
+        slide=args.slide,
+        loader_workers=args.loader_workers,
+        json_path=args.json,
+    )
+    print(format_report(report))
+    if args.json is not None:
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,119 @@
+"""ONNX export: exact at sizes the pooling bins do not divide, metadata round trip, CLI, int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from pspnet import create_model
+from pspnet.cli import main
+from pspnet.data.info import VOC2012
+from pspnet.data.preprocess import Preprocess
+from pspnet.engine.inference import predict_probs
+from pspnet.errors import InputError
+from pspnet.export import DynamicAdaptivePool2d, OnnxModel, export_onnx, quantize_int8, verify_onnx
+from pspnet.io.checkpoint import save_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads contend and run up to 100x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    model = create_model("pspnet_tiny", num_classes=21).eval()
+    model.dataset_info = VOC2012
+    model.preprocess = Preprocess(mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 50.0), channel_order="rgb")
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", example_size=(129, 129))
+    return model, path
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("bins", [1, 2, 3, 6])
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (13, 17), (12, 12), (9, 25)])
+def test_dynamic_pool_equals_adaptive_pool(mode: str, bins: int, size: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *size)
+    reference = F.adaptive_avg_pool2d(x, bins) if mode == "avg" else F.adaptive_max_pool2d(x, bins)
+    assert torch.allclose(DynamicAdaptivePool2d(bins, mode)(x), reference, atol=1e-5, rtol=0)
+
+
+def test_onnx_matches_pytorch_at_sizes_bins_do_not_divide(tiny_onnx: tuple[torch.nn.Module, Path]) -> None:
+    model, path = tiny_onnx
+    # 129 -> 17x17 features (not divisible by 2, 3 or 6); 97x160 -> 13x20; 64x64 -> 8x8 (example is 129).
+    sizes = [(129, 129), (97, 160), (64, 64)]
+    diffs = verify_onnx(model, path, sizes, batch=2)
+    assert set(diffs) == set(sizes)
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_max_pooling_model_exports_exactly(tmp_path: Path) -> None:
+    model = create_model("pspnet_tiny", num_classes=4, pooling="max").eval()
+    path = export_onnx(model, tmp_path / "max.onnx")
+    assert max(verify_onnx(model, path, [(97, 129), (72, 72)]).values()) <= 1e-4
+
+
+def test_onnx_model_carries_metadata_and_predicts_like_pytorch(
+    tiny_onnx: tuple[torch.nn.Module, Path],
+) -> None:
+    model, path = tiny_onnx
+    runner = OnnxModel(path)
+    assert runner.num_classes == 21
+    assert runner.preprocess == model.preprocess
+    assert runner.dataset_info == VOC2012
+    assert runner.config == model.config
+    x = torch.randn(1, 3, 80, 100)
+    with torch.no_grad():
+        assert torch.allclose(runner(x)["out"], model(x)["out"], atol=1e-4, rtol=0)
+    image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    expected = predict_probs(model, image, mode="slide", crop_size=65)
+    got = predict_probs(runner, image, mode="slide", crop_size=65)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_onnx_model_refuses_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        OnnxModel(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    with pytest.raises(InputError, match="garbage.onnx"):
+        OnnxModel(garbage)
+
+
+def test_export_cli_prints_diffs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = create_model("pspnet_tiny", num_classes=3)
+    weights = save_model(model, tmp_path / "m.safetensors")
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--model", str(weights), "--out", str(out), "--verify-sizes", "97x129", "64x72"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert out.is_file()
+    assert "97x129: max abs diff" in printed and "64x72: max abs diff" in printed
+    assert OnnxModel(out).num_classes == 3
+
+
+def test_int8_model_is_quantized_and_keeps_metadata(
+    tiny_onnx: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    _, path = tiny_onnx
+    calibration = [torch.randn(1, 3, 65, 65) for _ in range(2)]
+    out = quantize_int8(path, tmp_path / "int8.onnx", calibration)
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    runner = OnnxModel(out)
+    assert runner.num_classes == 21
+    assert runner(torch.randn(1, 3, 72, 88))["out"].shape == (1, 21, 72, 88)
