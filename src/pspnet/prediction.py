@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from pspnet.data.imageio import read_image
 from pspnet.engine.inference import predict_probs
-from pspnet.errors import DataError, InputError
+from pspnet.errors import InputError
 
 __all__ = ["Prediction", "load_image", "predict"]
 
@@ -43,36 +43,11 @@ class Prediction:
     confidence: np.ndarray | None = None
 
 
-def _read_with_cv2(path: Path) -> np.ndarray:
-    """Fallback reader when :mod:`pspnet.data.imageio` is unavailable: grey/RGBA/16-bit handled."""
-    import cv2
-
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"{path}: not a readable image (empty, truncated or not an image)")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.dtype != np.uint8:
-        raise DataError(f"{path}: unsupported pixel type {image.dtype}; convert it to 8-bit RGB")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as RGB ``uint8`` ``(H, W, 3)``; raises DataError naming the file.
 
-    Uses :func:`pspnet.data.imageio.read_image` (EXIF orientation, size limits, clear errors) and
-    falls back to plain OpenCV decoding if that module is not importable.
+    The dataset reader: EXIF orientation, grey/RGBA/16-bit inputs, size limits, clear errors.
     """
-    try:
-        from pspnet.data.imageio import read_image
-    except ImportError:
-        return _read_with_cv2(Path(path))
     return read_image(path)
 
 
