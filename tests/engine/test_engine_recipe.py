@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pspnet import create_model
-from pspnet.engine.recipe import build_optimizer, poly_lr, segmentation_loss, set_lr, train_model
+from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
+from pspnet.engine.recipe import train_model
 
 
 def test_poly_schedule_values() -> None:

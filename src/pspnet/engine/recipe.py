@@ -1,5 +1,6 @@
-"""The paper's training recipe as small functions, and a compact loop used by the demo.
+"""A compact training loop with the paper's recipe, for the demo and the ablation study.
 
+The recipe's pieces live in :mod:`pspnet.engine.optim` and are shared with ``pspnet train``.
 Recipe (pspnet-facts.md; hszhao/semseg ``tool/train.py``): SGD with momentum 0.9 and weight decay
 1e-4 on every parameter, "poly" learning rate ``base * (1 - iter / max_iter) ** 0.9`` updated every
 iteration, the layers trained from scratch (PPM and heads) at 10x the backbone's rate,
@@ -12,57 +13,13 @@ import time
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from pspnet.data.info import IGNORE_INDEX
+from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
 from pspnet.models.pspnet import PSPNet
 
-__all__ = ["build_optimizer", "poly_lr", "segmentation_loss", "set_lr", "train_model"]
-
-
-def build_optimizer(
-    model: PSPNet,
-    base_lr: float,
-    *,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    head_lr_mult: float = 10.0,
-) -> torch.optim.SGD:
-    """SGD with two groups: the backbone at ``base_lr``, new layers at ``head_lr_mult * base_lr``.
-
-    Each group remembers its multiplier (``lr_mult``) so :func:`set_lr` can apply the schedule.
-    """
-    head_ids = {id(p) for m in model.head_modules() for p in m.parameters()}
-    backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-    head = [p for p in model.parameters() if id(p) in head_ids and p.requires_grad]
-    groups = [
-        {"params": backbone, "lr": base_lr, "lr_mult": 1.0},
-        {"params": head, "lr": base_lr * head_lr_mult, "lr_mult": head_lr_mult},
-    ]
-    return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
-    """The poly schedule, evaluated before the update of ``iteration`` (0-based)."""
-    return base_lr * (1.0 - iteration / max_iterations) ** power
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)
-
-
-def segmentation_loss(
-    outputs: dict[str, Tensor], target: Tensor, *, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(total, main, aux)``; ``aux`` is None when the model has no auxiliary output or weight 0."""
-    main = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index)
-    if aux_weight > 0 and "aux" in outputs:
-        aux = F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index)
-        return main + aux_weight * aux, main, aux
-    return main, main, None
+__all__ = ["train_model"]
 
 
 def _batches(dataset, batch_size: int, seed: int) -> Iterator[dict[str, Tensor]]:

@@ -1,0 +1,714 @@
+"""The training engine: the paper's recipe with checkpoints, exact resume, logs and torchrun DDP.
+
+One iteration = one optimizer step over ``optim.batch_size`` images: ``accumulate`` micro-batches
+of ``batch_size / (world_size * accumulate)`` images on each rank. The learning rate follows the
+poly schedule per iteration; the new layers train at 10x (see :mod:`pspnet.engine.optim`).
+
+Exact resume: the data order of epoch ``e`` depends only on ``(seed, e)`` and each sample's
+augmentation only on ``(seed, e, index)``; a checkpoint records the epoch, the steps already taken
+in it and every RNG state, and a resumed run skips the consumed samples of that epoch without
+loading them. In deterministic CPU mode a killed-and-resumed run ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from pspnet.config import TrainConfig
+from pspnet.engine.distributed import (
+    DistContext,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
+from pspnet.errors import DataError, InputError
+from pspnet.io.checkpoint import load_state_dict_into, save_model
+from pspnet.io.train_state import (
+    BEST_NAME,
+    capture_rng,
+    find_last_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train"]
+
+FINAL_MODEL_NAME = "model.safetensors"
+METRICS_NAME = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf and the config says ``nonfinite: abort``."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model_path: the final weights (``OUT/model.safetensors``; loadable by predict/eval).
+        best_miou: best validation mIoU (None without validation); best_path: its weights.
+        history: the metrics.jsonl entries of this process's run (train and val lines).
+        images_per_s: training throughput over the whole run (all ranks).
+        iterations: optimizer steps in the schedule; skipped_steps: those skipped (non-finite).
+        model: the trained network (unwrapped, on the training device).
+    """
+
+    model_path: Path
+    best_miou: float | None
+    best_path: Path | None
+    history: list[dict[str, Any]]
+    images_per_s: float
+    iterations: int
+    skipped_steps: list[int] = field(default_factory=list)
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device: cuda requested but no CUDA device is available; use device: auto or cpu")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def _resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. Never autocast on CPU (slow and not what users expect)."""
+    if mode == "off":
+        return None
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            raise InputError(f"optim.amp: {mode} needs a CUDA device; use amp: auto (fp32 on CPU) or off")
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
+
+
+def _open_datasets(config: TrainConfig, preprocess: Any) -> tuple[Any, Any | None]:
+    """Training and validation datasets from ``config.data`` (the data helper's loaders)."""
+    from pspnet.data.datasets import open_dataset
+    from pspnet.data.info import get_dataset_info
+    from pspnet.data.transforms import train_transforms
+
+    d = config.data
+    if d.root is None:
+        raise InputError("data.root is not set; pass --set data.root=/path/to/dataset")
+    info = None
+    if d.dataset is not None:
+        try:
+            info = get_dataset_info(d.dataset)
+        except ValueError as exc:
+            raise InputError(f"data.dataset: {exc}") from exc
+    num_classes = config.model.num_classes if info is None and d.kind in ("folder", "list", "auto") else None
+    transform = train_transforms(
+        d.crop_size,
+        preprocess,
+        scale=tuple(d.scale) if d.scale is not None else None,
+        rotate=tuple(d.rotate) if d.rotate is not None else None,
+        blur=d.blur,
+        flip=d.flip,
+        ignore_index=d.ignore_index,
+    )
+
+    def open_split(split: str, transform: Any) -> Any:
+        try:
+            return open_dataset(
+                d.root,
+                d.kind,
+                split,
+                info=info,
+                transform=transform,
+                seed=config.seed,
+                num_classes=num_classes,
+            )
+        except InputError as exc:
+            if num_classes is not None and "num_classes" in str(exc):
+                raise InputError(
+                    f"model.num_classes={num_classes} does not match the dataset: {exc}"
+                ) from exc
+            raise
+
+    train_set = open_split(d.train_split, transform)
+    val_set = None
+    if d.val_split is not None and config.eval.enabled:
+        val_set = open_split(d.val_split, None)
+    return train_set, val_set
+
+
+def _verify(dataset: Any, max_files: int | None, rank: int) -> None:
+    try:
+        from pspnet.data.verify import verify_dataset
+    except ImportError:  # pragma: no cover - the data helper ships it
+        return
+    report = verify_dataset(dataset, max_files=max_files, progress=False)
+    if not report.ok:
+        first = "; ".join(f"{path}: {message}" for path, message in report.problems[:3])
+        more = f" (+{len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+        raise DataError(
+            f"dataset {getattr(dataset, 'root', '')} failed verification: {first}{more}; "
+            "run `pspnet verify-dataset` for the full report, fix the files, or set data.verify=false"
+        )
+
+
+def _build_model(config: TrainConfig, info: Any, is_main: bool) -> nn.Module:
+    from pspnet.models.registry import attach_metadata, create_model
+
+    m = config.model
+    num_classes = m.num_classes if m.num_classes is not None else info.num_classes
+    if num_classes != info.num_classes:
+        raise InputError(
+            f"model.num_classes={num_classes} but dataset {info.name!r} has {info.num_classes} classes; "
+            f"set model.num_classes={info.num_classes} (or null)"
+        )
+    try:
+        model = create_model(m.preset, num_classes=num_classes, **m.overrides)
+    except ValueError as exc:
+        raise InputError(f"model: {exc}") from exc
+    attach_metadata(model, model.preset_name, info, model.preprocess)
+    if m.init_weights:
+        path = Path(m.init_weights)
+        if not path.is_file():
+            raise InputError(f"model.init_weights: {path} not found")
+        if path.suffix != ".safetensors":
+            raise InputError(
+                f"model.init_weights: {path} is not a .safetensors file; "
+                "convert it first with `pspnet convert`"
+            )
+        from safetensors.torch import load_file
+
+        report = load_state_dict_into(model, load_file(str(path)), allow_partial=True)
+        if is_main:
+            print(f"init weights {path}: {report.summary()}", file=sys.stderr)
+    return model
+
+
+class _ResumableSampler(Sampler[int]):
+    """A DistributedSampler (order keyed on ``(seed, epoch)``) that can skip its first N indices once.
+
+    Skipping happens at index level, so a resumed run neither loads nor augments the images the
+    interrupted run already consumed in the current epoch.
+    """
+
+    def __init__(self, dataset: Any, rank: int, world: int, seed: int) -> None:
+        self.inner = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.inner)
+        start, self.skip = self.skip, 0
+        return iter(indices[start:])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker with (loader generator draw + worker_id); the generator is reseeded
+    # per epoch from (seed, epoch), so user transforms using the global RNGs stay reproducible.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _batch_names(dataset: Any, indices: list[int]) -> list[str]:
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return [str(i) for i in indices]
+    return [str(getattr(samples[i], "name", i)) for i in indices]
+
+
+def _fingerprint_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs.extend(_fingerprint_diff(a, b, f"{path}."))
+        elif a != b:
+            diffs.append(f"{path}: checkpoint {a!r} vs now {b!r}")
+    return diffs
+
+
+class _Logger:
+    """metrics.jsonl, TensorBoard and the console, written by rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = out / METRICS_NAME
+        self.writer = None
+        self.history: list[dict[str, Any]] = []
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise InputError(
+                    "output.tensorboard: true needs the tensorboard package: pip install tensorboard "
+                    "(or set output.tensorboard=false)"
+                ) from exc
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self.writer is not None:
+            step = int(entry["iter"])
+            for key, value in entry.items():
+                if key not in ("iter", "epoch", "time") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _validate(
+    model: nn.Module, val_dataset: Any, config: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """Validation metrics; the eval helper's protocol, or a plain whole-image mIoU if it is absent."""
+    model.eval()
+    try:
+        from pspnet.engine.evaluate import evaluate
+    except ImportError:  # pragma: no cover - the eval helper ships it
+        evaluate = None
+    with torch.no_grad():
+        if evaluate is not None:
+            result = evaluate(
+                model,
+                val_dataset,
+                mode=config.eval.mode,
+                scales=tuple(config.eval.scales),
+                flip=config.eval.flip,
+                progress=False,
+                limit=config.eval.limit,
+            )
+            m = result.metrics
+            return {"val_miou": float(m.miou), "val_macc": float(m.macc), "val_allacc": float(m.allacc)}
+        return {"val_miou": _simple_miou(model, val_dataset, config, device)}  # pragma: no cover
+
+
+def _simple_miou(model: nn.Module, dataset: Any, config: TrainConfig, device: torch.device) -> float:
+    """Whole-image mIoU from a confusion matrix (fallback; single process)."""
+    num_classes, ignore = dataset.info.num_classes, dataset.info.ignore_index
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    total = len(dataset) if config.eval.limit is None else min(len(dataset), config.eval.limit)
+    for index in range(total):
+        image, mask = dataset.load_raw(index)
+        if mask is None:
+            continue
+        x = model.preprocess.normalize(torch.from_numpy(image).permute(2, 0, 1).float()[None]).to(device)
+        pred = model(x)["out"].argmax(1)[0].cpu()
+        target = torch.from_numpy(mask)
+        keep = target != ignore
+        confusion += torch.bincount(
+            target[keep] * num_classes + pred[keep], minlength=num_classes**2
+        ).reshape(num_classes, num_classes)
+    inter = confusion.diag().double()
+    union = confusion.sum(0).double() + confusion.sum(1).double() - inter
+    return float((inter / (union + 1e-10)).mean())
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None) -> TrainResult:
+    """Train a PSPNet as ``config`` says; see the module docstring.
+
+    Args:
+        config: a validated :class:`~pspnet.config.TrainConfig` (``pspnet.config.load_config``).
+        train_dataset: a dataset following the ``SegmentationDataset`` contract (items
+            ``{"image", "mask", "index"}``, ``info``, ``set_epoch``); None = open ``config.data``.
+        val_dataset: a dataset with ``info`` and ``load_raw``; None = ``config.data.val_split``
+            when the training set comes from the config, else no validation.
+
+    Launched by torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel; only rank 0
+    writes files, logs and the progress bar.
+
+    Raises:
+        InputError / DataError: bad settings or data, named with the fix, before training starts.
+        NonFiniteLossError: a NaN/inf loss with ``nonfinite: abort``.
+    """
+    config.validate()
+    ctx = init_distributed(
+        "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu", config.dist_timeout_s
+    )
+    # Determinism switches are process-global: put them back for whatever runs after train().
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    try:
+        return _train(config, ctx, train_dataset, val_dataset)
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        cleanup_distributed()
+
+
+def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_dataset: Any) -> TrainResult:
+    device = _resolve_device(config.device, ctx.local_rank)
+    amp_dtype = _resolve_amp(config.optim.amp, device)
+    _seed_everything(config.seed, config.deterministic)
+    out = Path(config.output.dir)
+    o = config.optim
+
+    # --- data
+    from pspnet.models.registry import get_preset
+
+    try:
+        preprocess = get_preset(config.model.preset).preprocess
+    except ValueError as exc:
+        raise InputError(f"model.preset: {exc}") from exc
+    from_config = train_dataset is None
+    if from_config:
+        train_dataset, config_val = _open_datasets(config, preprocess)
+        val_dataset = val_dataset if val_dataset is not None else config_val
+        if config.data.verify:
+            _verify(train_dataset, config.data.verify_max_files, ctx.rank)
+    if not config.eval.enabled:
+        val_dataset = None
+    info = train_dataset.info
+
+    # --- model, optimizer, precision
+    model = _build_model(config, info, ctx.is_main)
+    uses_bin1 = model.ppm is not None and 1 in model.config.bins
+    per_rank = o.batch_size // ctx.world_size
+    if o.batch_size % (ctx.world_size * o.accumulate):
+        raise InputError(
+            f"optim.batch_size={o.batch_size} must be divisible by world_size x accumulate = "
+            f"{ctx.world_size} x {o.accumulate}"
+        )
+    micro = per_rank // o.accumulate
+    if micro < 2 and uses_bin1 and not config.model.freeze_bn:
+        raise InputError(
+            f"the micro-batch per step is {micro} image (batch_size {o.batch_size} / "
+            f"{ctx.world_size} ranks / "
+            f"accumulate {o.accumulate}); BatchNorm on the 1x1 pyramid bin needs >= 2: lower optim.accumulate"
+        )
+    model.to(device)
+    if o.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ctx.enabled and device.type == "cuda" and o.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(
+        model, o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay, head_lr_mult=o.head_lr_mult
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    raw_model = model
+    if ctx.enabled:
+        unused = o.aux_weight == 0 and getattr(model, "aux_classifier", None) is not None
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        )
+
+    # --- data loader with resumable order
+    sampler = _ResumableSampler(train_dataset, ctx.rank, ctx.world_size, config.seed)
+    generator = torch.Generator()
+    loader = DataLoader(
+        train_dataset,
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        worker_init_fn=_seed_worker if config.data.num_workers > 0 else None,
+        generator=generator,
+        persistent_workers=False,
+    )
+    steps_per_epoch = (len(sampler.inner) // micro) // o.accumulate
+    if steps_per_epoch < 1:
+        raise InputError(
+            f"the training set has {len(train_dataset)} images, fewer than one batch of {o.batch_size}; "
+            "lower optim.batch_size or add data"
+        )
+    max_iter = o.iterations if o.iterations is not None else o.epochs * steps_per_epoch
+
+    # --- output folder and resume
+    logger = _Logger(out, ctx.is_main, config.output.tensorboard)
+    iteration, epoch, epoch_step = 0, 0, 0
+    best_miou: float | None = None
+    skipped: list[int] = []
+    fingerprint = config.fingerprint()
+    last = find_last_checkpoint(out)
+    if last is not None and not config.resume:
+        raise InputError(
+            f"{out} already holds a training run (last checkpoint {last.name}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    rng_state = None
+    if last is not None:
+        tensors, state = load_checkpoint(last)
+        saved = json.loads(state["fingerprint"])
+        diffs = _fingerprint_diff(saved, fingerprint)
+        if diffs:
+            raise InputError(
+                f"cannot resume {last}: the config differs from the checkpoint's in {'; '.join(diffs[:6])}; "
+                "restore those settings or start a new --out"
+            )
+        load_state_dict_into(raw_model, tensors)
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        iteration, epoch, epoch_step = int(state["iteration"]), int(state["epoch"]), int(state["epoch_step"])
+        best_miou = state.get("best_miou")
+        skipped = list(state.get("skipped", []))
+        rng_state = state["rng"]
+        logger.message(f"resumed from {last} at iteration {iteration} (epoch {epoch}, step {epoch_step})")
+    elif config.resume:
+        logger.message(f"--resume: no checkpoint in {out} yet; starting from scratch")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    config_yaml = config.to_yaml()
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            "epoch": epoch,
+            "epoch_step": epoch_step,
+            "max_iter": max_iter,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "rng": capture_rng(),
+            "best_miou": best_miou,
+            "skipped": skipped,
+            "fingerprint": json.dumps(fingerprint, sort_keys=True, default=str),
+            "config_hash": config.fingerprint_hash(),
+        }
+
+    def all_finite() -> bool:
+        return all(
+            bool(torch.isfinite(p).all()) for p in raw_model.state_dict().values() if p.is_floating_point()
+        )
+
+    # --- loop
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=max_iter,
+        initial=iteration,
+        desc="train",
+        disable=not (ctx.is_main and config.output.progress),
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    buffers = [b for b in raw_model.buffers() if b.is_floating_point()]
+    if rng_state is not None:
+        restore_rng(rng_state)
+    _set_train_mode(model, config.model.freeze_bn)
+    images_per_step = micro * o.accumulate * ctx.world_size
+    run_start = time.perf_counter()
+    window_start, window_losses, window_aux, window_steps = run_start, [], [], 0
+    run_steps = 0
+    while iteration < max_iter:
+        sampler.set_epoch(epoch)
+        if hasattr(train_dataset, "set_epoch"):
+            train_dataset.set_epoch(epoch)
+        generator.manual_seed(config.seed * 1_000_003 + epoch)
+        sampler.skip = epoch_step * o.accumulate * micro
+        batches = iter(loader)
+        while iteration < max_iter:
+            lr = poly_lr(o.base_lr, iteration, max_iter, o.power)
+            set_lr(optimizer, lr)
+            optimizer.zero_grad(set_to_none=True)
+            saved_buffers = [b.detach().clone() for b in buffers]
+            finite = True
+            step_loss, step_aux, indices = 0.0, 0.0, []
+            for k in range(o.accumulate):
+                batch = next(batches)
+                images = batch["image"].to(device, non_blocking=True)
+                masks = batch["mask"].to(device, non_blocking=True)
+                if o.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                indices.extend(int(i) for i in batch["index"])
+                sync = contextlib.nullcontext()
+                if ctx.enabled and k < o.accumulate - 1:
+                    sync = model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        outputs = model(images)
+                    loss, main, aux = segmentation_loss(
+                        outputs, masks, aux_weight=o.aux_weight, ignore_index=config.data.ignore_index
+                    )
+                    value = float(loss.detach())
+                    if math.isfinite(value):
+                        scaler.scale(loss / o.accumulate).backward()
+                    else:
+                        finite = False
+                        if ctx.enabled:  # a zero-gradient backward keeps DDP's all-reduce in step
+                            sum((p * 0).sum() for p in raw_model.parameters() if p.requires_grad).backward()
+                step_loss += float(main.detach()) / o.accumulate
+                step_aux += (float(aux.detach()) if aux is not None else 0.0) / o.accumulate
+            if ctx.enabled:
+                flag = torch.tensor([0.0 if finite else 1.0], device=device)
+                torch.distributed.all_reduce(flag)
+                finite = bool(flag.item() == 0)
+            if finite:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                for buf, old in zip(buffers, saved_buffers, strict=True):
+                    buf.copy_(old)
+                skipped.append(iteration)
+                all_indices = indices
+                if ctx.enabled:
+                    gathered: list[Any] = [None] * ctx.world_size
+                    torch.distributed.all_gather_object(gathered, indices)
+                    all_indices = [i for part in gathered for i in part]
+                names = _batch_names(train_dataset, all_indices)
+                entry = {
+                    "iter": iteration + 1,
+                    "event": "nonfinite_loss",
+                    "indices": all_indices,
+                    "names": names,
+                }
+                if config.nonfinite == "abort":
+                    logger.log(entry)
+                    raise NonFiniteLossError(
+                        f"non-finite loss at iteration {iteration + 1} on samples {names[:8]}; lower "
+                        "optim.base_lr, check those images, or set nonfinite: skip to step over such batches"
+                    )
+                logger.log({**entry, "action": "skipped"})
+                logger.message(
+                    f"iteration {iteration + 1}: non-finite loss, step skipped (samples {names[:8]})"
+                )
+            iteration += 1
+            epoch_step += 1
+            run_steps += 1
+            bar.update(1)
+            if finite:
+                window_losses.append(step_loss)
+                window_aux.append(step_aux)
+            window_steps += 1
+
+            if iteration % config.output.log_interval == 0 or iteration == max_iter:
+                now = time.perf_counter()
+                loss_mean = sum(window_losses) / len(window_losses) if window_losses else float("nan")
+                aux_mean = sum(window_aux) / len(window_aux) if window_aux else float("nan")
+                loss_mean, aux_mean = all_reduce_mean([loss_mean, aux_mean], device)
+                speed = window_steps * images_per_step / max(now - window_start, 1e-9)
+                entry = {
+                    "iter": iteration,
+                    "epoch": epoch,
+                    "loss": loss_mean,
+                    "aux_loss": aux_mean,
+                    "lr": lr,
+                    "images_per_s": speed,
+                    "time": now - run_start,
+                }
+                logger.log(entry)
+                bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                window_start, window_losses, window_aux, window_steps = now, [], [], 0
+
+            if epoch_step >= steps_per_epoch:
+                epoch, epoch_step = epoch + 1, 0
+
+            interval = config.eval.interval
+            if val_dataset is not None and (
+                (interval > 0 and iteration % interval == 0) or iteration == max_iter
+            ):
+                scores = _validate(raw_model, val_dataset, config, device)
+                _set_train_mode(model, config.model.freeze_bn)
+                logger.log({"iter": iteration, "epoch": epoch, **scores})
+                logger.message(f"iteration {iteration}: val mIoU {100 * scores['val_miou']:.2f}")
+                if best_miou is None or scores["val_miou"] > best_miou:
+                    best_miou = scores["val_miou"]
+                    if ctx.is_main:
+                        save_model(raw_model, out / BEST_NAME, extra={"iteration": str(iteration)})
+
+            ckpt = config.output.checkpoint_interval
+            if (ckpt > 0 and iteration % ckpt == 0) or iteration == max_iter:
+                if not all_finite():  # every rank holds the same weights, so every rank stops
+                    raise NonFiniteLossError(
+                        f"iteration {iteration}: the weights hold NaN/inf; not writing a checkpoint. "
+                        f"Resume from the previous one ({out}/last) with a lower optim.base_lr"
+                    )
+                if ctx.is_main:
+                    save_checkpoint(
+                        out,
+                        raw_model,
+                        checkpoint_state(),
+                        config_yaml,
+                        iteration=iteration,
+                        keep_last=config.output.keep_last,
+                    )
+                barrier(config.dist_timeout_s, f"checkpoint {iteration}")
+            if epoch_step == 0:  # the epoch just ended (counters already point at the next one)
+                break
+        del batches
+    bar.close()
+    elapsed = time.perf_counter() - run_start
+    final = out / FINAL_MODEL_NAME
+    if ctx.is_main:
+        save_model(raw_model, final, extra={"iteration": str(iteration)})
+    logger.close()
+    barrier(config.dist_timeout_s, "the end of training")
+    return TrainResult(
+        model_path=final,
+        best_miou=best_miou,
+        best_path=(out / BEST_NAME) if best_miou is not None else None,
+        history=logger.history,
+        images_per_s=run_steps * images_per_step / max(elapsed, 1e-9),
+        iterations=max_iter,
+        skipped_steps=skipped,
+        model=raw_model,
+    )

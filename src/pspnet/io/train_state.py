@@ -1,0 +1,189 @@
+"""Training checkpoints that survive a kill at any moment and resume bit-exactly.
+
+Layout of an output folder::
+
+    OUT/checkpoints/iter_00001000/model.safetensors   weights (+ model metadata, loadable by predict)
+                                 /state.pt            optimizer, scaler, counters, RNG states
+                                 /config.yaml         the resolved training config
+    OUT/last                                          text: "checkpoints/iter_00001000"
+    OUT/best.safetensors                              best validation mIoU so far
+
+A checkpoint is written into a hidden temporary folder and renamed into place; ``OUT/last`` is
+rewritten (atomically) only after that rename. A kill during the write therefore leaves the
+previous checkpoint and ``last`` untouched; the stale temporary folder is removed next time.
+
+``state.pt`` holds only tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)`` (no code runs while reading it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from pspnet.errors import InputError
+from pspnet.io.checkpoint import atomic_write, read_torch_file, save_model
+
+__all__ = [
+    "BEST_NAME",
+    "CHECKPOINT_DIR",
+    "LAST_NAME",
+    "capture_rng",
+    "checkpoint_name",
+    "find_last_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_NAME = "last"
+BEST_NAME = "best.safetensors"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:08d}"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states as plain tensors and numbers."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python_version": int(version),
+        "python_state": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss": float(gauss) if gauss is not None else None,
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    random.setstate(
+        (
+            int(state["python_version"]),
+            tuple(int(v) for v in state["python_state"].tolist()),
+            state["python_gauss"],
+        )
+    )
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            int(state["numpy_pos"]),
+            int(state["numpy_has_gauss"]),
+            float(state["numpy_gauss"]),
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("iter_"))
+
+
+def save_checkpoint(
+    out_dir: str | os.PathLike[str],
+    model: torch.nn.Module,
+    state: Mapping[str, Any],
+    config_yaml: str,
+    *,
+    iteration: int,
+    keep_last: int = 3,
+) -> Path:
+    """Write ``OUT/checkpoints/iter_N`` atomically, point ``OUT/last`` at it, prune old ones.
+
+    Returns the checkpoint folder.
+    """
+    out = Path(out_dir)
+    root = out / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    name = checkpoint_name(iteration)
+    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        save_model(model, tmp / MODEL_FILE, extra={"iteration": str(iteration)})
+        atomic_write(tmp / STATE_FILE, lambda path: torch.save(dict(state), path))
+        atomic_write(tmp / CONFIG_FILE, lambda path: Path(path).write_text(config_yaml, encoding="utf-8"))
+        _fsync_dir(tmp)
+        final = root / name
+        if final.exists():  # the same iteration saved again (e.g. a resume at a checkpoint step)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write(out / LAST_NAME, lambda path: Path(path).write_text(f"{CHECKPOINT_DIR}/{name}\n"))
+    for old in list_checkpoints(out)[: -max(keep_last, 1)]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_last_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint ``OUT/last`` names, or None when there is none yet."""
+    out = Path(out_dir)
+    pointer = out / LAST_NAME
+    if not pointer.is_file():
+        return None
+    target = out / pointer.read_text(encoding="utf-8").strip()
+    if not (target / STATE_FILE).is_file() or not (target / MODEL_FILE).is_file():
+        raise InputError(
+            f"{pointer} names {target}, which is missing or incomplete; delete {pointer} to start over "
+            "or point it at a complete checkpoint folder"
+        )
+    return target
+
+
+def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(model tensors, state)`` of a checkpoint folder (state read with ``weights_only=True``)."""
+    folder = Path(folder)
+    tensors = load_file(str(folder / MODEL_FILE))
+    state = read_torch_file(folder / STATE_FILE)
+    if not isinstance(state, dict):
+        raise InputError(f"{folder / STATE_FILE}: not a pspnet training state")
+    return tensors, state
