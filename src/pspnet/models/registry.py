@@ -8,6 +8,7 @@ label space (:class:`DatasetInfo`) and the preprocessing the weights expect. New
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -66,13 +67,22 @@ def get_preset(name: str) -> ModelPreset:
 _CONFIG_FIELDS = frozenset(f.name for f in fields(PSPNetConfig))
 
 
-def create_model(name: str, *, num_classes: int | None = None, **overrides: Any) -> PSPNet:
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    backbone_weights: str | os.PathLike[str] | None = None,
+    **overrides: Any,
+) -> PSPNet:
     """Build a preset, e.g. ``create_model("pspnet50", num_classes=21)``.
 
     Args:
         name: a name from :func:`list_models`.
         num_classes: output classes. Dataset presets fix it (a different value raises, naming
             both); generic presets default to 21.
+        backbone_weights: an ImageNet ResNet checkpoint (the authors' ``resnet50_v2.pth`` for the
+            deep stem, torchvision's for ``stem="classic"``) loaded into the backbone; the PPM and
+            heads keep their fresh initialisation. See :func:`pspnet.io.backbone.load_backbone_weights`.
         **overrides: any :class:`PSPNetConfig` field, e.g. ``bins=(1, 2)``, ``pooling="max"``,
             ``use_ppm=False``, ``output_stride=16``: the paper's ablations are arguments.
 
@@ -93,8 +103,14 @@ def create_model(name: str, *, num_classes: int | None = None, **overrides: Any)
                 "to train another label space"
             )
         overrides["num_classes"] = num_classes
-    model = PSPNet(preset.config.replace(**overrides))
-    return attach_metadata(model, preset.name, dataset, preset.preprocess)
+    model = attach_metadata(
+        PSPNet(preset.config.replace(**overrides)), preset.name, dataset, preset.preprocess
+    )
+    if backbone_weights is not None:
+        from pspnet.io.backbone import load_backbone_weights
+
+        load_backbone_weights(model, backbone_weights)
+    return model
 
 
 def attach_metadata(
