@@ -20,15 +20,6 @@ _VARIANT_FIELDS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend and run up to 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_flops_of_one_conv_match_hand_count() -> None:
     class OneConv(nn.Module):
         def __init__(self) -> None:

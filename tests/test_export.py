@@ -22,15 +22,6 @@ from pspnet.export import DynamicAdaptivePool2d, OnnxModel, export_onnx, quantiz
 from pspnet.io.checkpoint import save_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend and run up to 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(0)

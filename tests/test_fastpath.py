@@ -11,15 +11,6 @@ from pspnet.errors import InputError
 from pspnet.fastpath import find_conv_bn_pairs, fold_batchnorm, prepare_for_inference
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend and run up to 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _model_with_random_bn(preset: str = "pspnet_tiny") -> nn.Module:
     """Non-trivial running statistics and affine terms, else folding would be a no-op to test."""
     torch.manual_seed(0)

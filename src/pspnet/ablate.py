@@ -61,8 +61,7 @@ def run_ablation(
     progress: bool = True,
 ) -> list[AblationRow]:
     """Train and evaluate each chosen variant on the benchmark stored at ``data_root``."""
-    from pspnet.data.datasets import open_dataset
-    from pspnet.data.transforms import train_transforms
+    from pspnet.demo import open_demo_datasets
     from pspnet.engine.evaluate import evaluate
     from pspnet.engine.recipe import train_model
     from pspnet.models.registry import create_model
@@ -72,9 +71,7 @@ def run_ablation(
     if unknown:
         raise ValueError(f"unknown ablation(s) {unknown}; available: {', '.join(known)}")
     chosen = [known[n] for n in names] if names else list(ABLATIONS)
-    augment = train_transforms(size, scale=None, rotate=None, blur=False, flip=True)
-    train_set = open_dataset(data_root, "folder", "train", info=CONTEXT_DEMO, transform=augment, seed=seed)
-    val_set = open_dataset(data_root, "folder", "val", info=CONTEXT_DEMO, seed=seed)
+    train_set, val_set = open_demo_datasets(data_root, size, seed)
     ctx = [CONTEXT_DEMO.class_names.index(n) for n in CONTEXT_DEMO.context_classes]
     rows = []
     for ablation in chosen:

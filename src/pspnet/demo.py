@@ -24,7 +24,7 @@ from pspnet.demo_report import ModelRun, write_report
 from pspnet.models.pspnet import PSPNet
 from pspnet.models.registry import attach_metadata, create_model
 
-__all__ = ["DemoSettings", "run_demo"]
+__all__ = ["DemoSettings", "open_demo_datasets", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,20 @@ class DemoSettings:
     progress: bool = True
 
 
+def open_demo_datasets(
+    root: str | os.PathLike[str], size: int, seed: int
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(train, val) of a generated benchmark, through the real folder loader.
+
+    Whole-image training, flips only: the label of a boat/car depends on which ground covers more
+    of the WHOLE image, so scale-and-crop augmentation would change the right answer.
+    """
+    augment = train_transforms(size, scale=None, rotate=None, blur=False, flip=True)
+    train = open_dataset(root, "folder", "train", info=CONTEXT_DEMO, transform=augment, seed=seed)
+    val = open_dataset(root, "folder", "val", info=CONTEXT_DEMO, seed=seed)
+    return train, val
+
+
 def _datasets(settings: DemoSettings) -> tuple[SegmentationDataset, SegmentationDataset]:
     cache = settings.cache_dir or settings.out_dir / "data"
     root = ensure_demo_data(
@@ -55,12 +69,7 @@ def _datasets(settings: DemoSettings) -> tuple[SegmentationDataset, Segmentation
         size=settings.size,
         progress=settings.progress,
     )
-    # Whole-image training, flips only: the label of a boat/car depends on which ground covers more
-    # of the WHOLE image, so scale-and-crop augmentation would change the right answer.
-    augment = train_transforms(settings.size, scale=None, rotate=None, blur=False, flip=True)
-    train = open_dataset(root, "folder", "train", info=CONTEXT_DEMO, transform=augment, seed=settings.seed)
-    val = open_dataset(root, "folder", "val", info=CONTEXT_DEMO, seed=settings.seed)
-    return train, val
+    return open_demo_datasets(root, settings.size, settings.seed)
 
 
 def _train(preset: str, train_set, settings: DemoSettings, out: Path) -> tuple[PSPNet, list[dict], float]:
