@@ -44,8 +44,10 @@ def test_preset_gives_label_space_and_is_checked(tmp_path: Path) -> None:
 
 def test_non_semseg_state_dict_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "tv.pth")
-    with pytest.raises(InputError, match="no 'cls.4.weight'"):
+    with pytest.raises(InputError, match="cannot tell which release"):
         convert_checkpoint(tmp_path / "tv.pth", None)
+    with pytest.raises(InputError, match="no 'cls.4.weight'"):
+        convert_checkpoint(tmp_path / "tv.pth", None, source="semseg")
     torch.save(
         {"state_dict": {"cls.4.weight": torch.zeros(2, 3, 1, 1), "foo.bar": torch.zeros(1)}},
         tmp_path / "odd.pth",

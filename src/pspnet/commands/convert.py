@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from pspnet.io.convert import convert_checkpoint
+from pspnet.io.convert import SOURCES, convert_checkpoint
 
 NAME = "convert"
-HELP = "import released weights (authors' PyTorch .pth) into a pspnet .safetensors file"
+HELP = "import released weights (authors' PyTorch/Caffe, MMSegmentation) into a pspnet .safetensors file"
 DESCRIPTION = (
-    "Convert a released checkpoint. The file is read with torch.load(weights_only=True) only: a "
-    "checkpoint that would need arbitrary code execution to unpickle is refused. Example: "
+    "Convert a released PSPNet checkpoint: the authors' PyTorch release (semseg, train_epoch_*.pth), "
+    "MMSegmentation PSPNet checkpoints (mmseg), or the authors' Caffe models (caffe, .caffemodel). "
+    "Torch files are read with torch.load(weights_only=True) only: a checkpoint that would need "
+    "arbitrary code execution to unpickle is refused. Caffe files are parsed as protobuf data, "
+    "without Caffe. Example: "
     "pspnet convert train_epoch_100.pth pspnet50_ade20k.safetensors --preset pspnet50_ade20k"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="checkpoint to import (hszhao/semseg train_epoch_*.pth)")
+    parser.add_argument("src", help="checkpoint to import (.pth or .caffemodel)")
     parser.add_argument("dst", help="output .safetensors path")
-    parser.add_argument("--source", default="semseg", choices=["semseg"], help="where the weights come from")
+    parser.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", *SOURCES],
+        help="where the weights come from (default: auto, by file name and key names)",
+    )
     parser.add_argument(
         "--preset",
         default=None,
@@ -34,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
         args.src, args.dst, source=args.source, preset=args.preset, bins=tuple(args.bins)
     )
     cfg = result.model.config
-    print(f"converted {args.src} -> {result.path}")
+    print(f"converted {args.src} ({result.source}) -> {result.path}")
     print(f"  model: {result.model.preset_name} (ResNet-{cfg.depth}, {cfg.num_classes} classes)")
     print(f"  {result.report.summary()}")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0

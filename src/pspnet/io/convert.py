@@ -1,27 +1,34 @@
 """Import released weights into our model.
 
+Each source has a reader that turns a file into :class:`ImportedWeights` (an architecture, a
+complete state dict under our key names, the preprocessing the weights expect); the shared
+:func:`convert_checkpoint` then checks it against a preset, loads it strictly and saves it.
+
 Sources:
 - ``semseg``: the authors' PyTorch release (hszhao/semseg ``train_epoch_*.pth``): a dict with
   ``state_dict`` (keys prefixed ``module.`` because it was saved from DataParallel/DDP), ``epoch``
   and ``optimizer``. Our module names were chosen so that the mapping is a prefix rename.
+- ``mmseg``: MMSegmentation PSPNet checkpoints (:mod:`pspnet.io.convert_mmseg`).
+- ``caffe``: the authors' Caffe ``.caffemodel`` files (:mod:`pspnet.io.convert_caffe`).
 
-Files are read with ``torch.load(weights_only=True)`` only (:func:`read_torch_file`): a checkpoint
-that would need arbitrary unpickling is refused, never executed.
+Torch files are read with ``torch.load(weights_only=True)`` only (:func:`read_torch_file`): a
+checkpoint that would need arbitrary unpickling is refused, never executed.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from pspnet.data.info import DatasetInfo
-from pspnet.data.preprocess import PYTORCH_PREPROCESS
+from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import InputError
 from pspnet.io.checkpoint import LoadReport, load_state_dict_into, read_torch_file, save_model
 from pspnet.models.pspnet import PSPNet, PSPNetConfig
@@ -29,12 +36,46 @@ from pspnet.models.registry import attach_metadata, get_preset
 
 __all__ = [
     "SEMSEG_PREFIXES",
+    "SOURCES",
     "ConversionResult",
+    "ImportedWeights",
     "convert_checkpoint",
+    "detect_source",
     "infer_semseg_config",
+    "read_semseg",
     "semseg_to_pspnet",
     "unwrap_state_dict",
 ]
+
+
+@dataclass
+class ImportedWeights:
+    """What a source reader hands to :func:`convert_checkpoint`.
+
+    Attributes:
+        config: the architecture the weights compute with (read off the file, not assumed).
+        state: every model tensor, under our key names (a missing one is an error, not a default).
+        preprocess: the input normalisation the weights were trained with.
+        dropped: source tensors deliberately not imported, e.g. an optimizer's or a loss layer's.
+        notes: facts the user should see, e.g. "PPM concatenation order reversed into ours".
+    """
+
+    config: PSPNetConfig
+    state: dict[str, Tensor]
+    preprocess: Preprocess = PYTORCH_PREPROCESS
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+SourceReader = Callable[[Path, tuple[int, ...]], ImportedWeights]
+
+# source name -> "module:function"; imported lazily so one broken source cannot break the others
+SOURCES: dict[str, str] = {
+    "semseg": "pspnet.io.convert:read_semseg",
+    "mmseg": "pspnet.io.convert_mmseg:read_mmseg",
+    "caffe": "pspnet.io.convert_caffe:read_caffe",
+}
+
 
 # authors' prefix -> ours; order matters only for readability (prefixes are disjoint)
 SEMSEG_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -56,6 +97,8 @@ class ConversionResult:
     model: PSPNet
     report: LoadReport
     path: Path | None = None
+    source: str = "semseg"
+    notes: list[str] = field(default_factory=list)
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -123,11 +166,52 @@ def infer_semseg_config(state: Mapping[str, Tensor], bins: tuple[int, ...] = (1,
     )
 
 
+def read_semseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
+    """Reader for the authors' PyTorch release (hszhao/semseg)."""
+    state = unwrap_state_dict(read_torch_file(path), str(path))
+    return ImportedWeights(infer_semseg_config(state, bins), semseg_to_pspnet(state), PYTORCH_PREPROCESS)
+
+
+def detect_source(path: str | os.PathLike[str]) -> str:
+    """Guess the source of a weights file: ``.caffemodel`` by name, torch files by their keys."""
+    path = Path(path)
+    if path.suffix.lower() == ".caffemodel":
+        return "caffe"
+    keys = unwrap_state_dict(read_torch_file(path), str(path)).keys()
+    if any(k.startswith("decode_head.") for k in keys):
+        return "mmseg"
+    if any(k.startswith(("layer0.", "cls.")) for k in keys):
+        return "semseg"
+    raise InputError(
+        f"{path}: cannot tell which release this is (no 'decode_head.*' keys as in MMSegmentation, "
+        "no 'layer0.*'/'cls.*' keys as in hszhao/semseg); pass --source"
+    )
+
+
+def _reader(source: str) -> SourceReader:
+    if source not in SOURCES:
+        raise InputError(f"unknown source {source!r}; supported: {', '.join(['auto', *SOURCES])}")
+    module_name, function = SOURCES[source].split(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def _check_preset(src: Path, preset: str, config: PSPNetConfig) -> None:
+    """The preset gives the label space; the file gives the architecture. They must agree on classes."""
+    expected = get_preset(preset).config
+    diffs = {
+        name: (getattr(config, name), getattr(expected, name))
+        for name in ("num_classes", "depth", "use_ppm")
+        if getattr(config, name) != getattr(expected, name)
+    }
+    if diffs:
+        raise InputError(f"{src}: weights do not fit preset {preset!r}: (file, preset) differ in {diffs}")
+
+
 def convert_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | None = None,
     *,
-    source: str = "semseg",
+    source: str = "auto",
     preset: str | None = None,
     bins: tuple[int, ...] = (1, 2, 3, 6),
 ) -> ConversionResult:
@@ -136,31 +220,26 @@ def convert_checkpoint(
     Args:
         src: the checkpoint file.
         dst: where to write the converted ``.safetensors`` (skipped when None).
-        source: ``"semseg"`` (authors' PyTorch release).
-        preset: optional preset whose label space and preprocessing the weights belong to
-            (e.g. ``"pspnet50_ade20k"``); its architecture must match the file.
-        bins: pyramid bins the checkpoint was trained with.
+        source: ``"auto"`` (by file name and keys), or one of :data:`SOURCES`.
+        preset: optional preset whose label space the weights belong to (e.g.
+            ``"pspnet50_ade20k"``); its class count and depth must match the file. The
+            architecture details (stem, strides, alignment) and the preprocessing come from the file.
+        bins: pyramid bins the checkpoint was trained with (pool sizes have no parameters).
     """
-    if source != "semseg":
-        raise InputError(f"unknown source {source!r}; supported: 'semseg'")
-    state = unwrap_state_dict(read_torch_file(src), str(src))
-    config = infer_semseg_config(state, bins)
+    src = Path(src)
+    if not src.is_file():
+        raise InputError(f"{src}: no such file")
+    source = detect_source(src) if source == "auto" else source
+    imported = _reader(source)(src, tuple(bins))
+    config = imported.config
     dataset: DatasetInfo | None = None
-    preprocess = PYTORCH_PREPROCESS
     name = f"pspnet{config.depth}" if config.use_ppm else f"fcn{config.depth}"
     if preset is not None:
-        chosen = get_preset(preset)
-        expected = chosen.config.replace(aux=config.aux)
-        if expected != config:
-            diffs = {
-                f: (getattr(config, f), getattr(expected, f))
-                for f in config.to_dict()
-                if getattr(config, f) != getattr(expected, f)
-            }
-            raise InputError(f"{src}: weights do not fit preset {preset!r}: (file, preset) differ in {diffs}")
-        dataset, preprocess, name = chosen.dataset, chosen.preprocess, chosen.name
-    model = attach_metadata(PSPNet(config), name, dataset, preprocess)
-    report = load_state_dict_into(model, semseg_to_pspnet(state))
+        _check_preset(src, preset, config)
+        dataset, name = get_preset(preset).dataset, preset
+    model = attach_metadata(PSPNet(config), name, dataset, imported.preprocess)
+    report = load_state_dict_into(model, imported.state)
     model.eval()
-    path = save_model(model, dst, extra={"converted_from": Path(src).name, "source": source}) if dst else None
-    return ConversionResult(model, report, path)
+    extra = {"converted_from": src.name, "source": source}
+    path = save_model(model, dst, extra=extra) if dst else None
+    return ConversionResult(model, report, path, source, list(imported.notes))

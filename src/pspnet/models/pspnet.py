@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from pspnet.data.info import DatasetInfo
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
+from pspnet.models.decoder import DECODER_TYPES, RefineDecoder
 from pspnet.models.ppm import POOLING_TYPES, PyramidPooling
 from pspnet.models.resnet import RESNET_SPECS, STEM_TYPES, ResNetBackbone, stage_dilations
 
@@ -41,6 +42,11 @@ class PSPNetConfig:
         size_rule: ``"any"`` accepts every input size; ``"authors"`` additionally enforces the
             official code's ``(H - 1) % 8 == 0`` rule, to reproduce its protocol exactly. On such
             sizes both rules compute the same numbers.
+        decoder: ``"bilinear"`` (paper: upsample the 1/8 logits 8x) or ``"refine"`` (a learned
+            residual refinement at 1/4 resolution from ``layer1``, see :class:`RefineDecoder`).
+        avg_down: average-pool shortcut downsampling (timm ``resnet*d``, OpenMMLab ``v1d``).
+        contract_dilation: first block of a dilated stage at half dilation (MMSegmentation).
+        stride_in_1x1: bottleneck stride on the first 1x1 conv (the authors' Caffe ADE20K R50).
     """
 
     num_classes: int = 21
@@ -59,6 +65,10 @@ class PSPNetConfig:
     dropout: float = 0.1
     align_corners: bool = True
     size_rule: str = "any"
+    decoder: str = "bilinear"
+    avg_down: bool = False
+    contract_dilation: bool = False
+    stride_in_1x1: bool = False
 
     def __post_init__(self) -> None:
         # Normalise list inputs (from YAML/JSON) to tuples so configs compare and hash.
@@ -75,6 +85,8 @@ class PSPNetConfig:
             raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {self.pooling!r}")
         if self.size_rule not in SIZE_RULES:
             raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {self.size_rule!r}")
+        if self.decoder not in DECODER_TYPES:
+            raise ValueError(f"decoder must be one of {DECODER_TYPES}, got {self.decoder!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("stem_width", "head_channels", "aux_channels"):
@@ -132,7 +144,14 @@ class PSPNet(nn.Module):
         self.dataset_info: DatasetInfo | None = None
         self.preprocess: Preprocess = PYTORCH_PREPROCESS
         self.backbone = ResNetBackbone(
-            config.depth, config.output_stride, config.stem, config.stem_width, config.widths
+            config.depth,
+            config.output_stride,
+            config.stem,
+            config.stem_width,
+            config.widths,
+            avg_down=config.avg_down,
+            contract_dilation=config.contract_dilation,
+            stride_in_1x1=config.stride_in_1x1,
         )
         features = self.backbone.channels["layer4"]
         self.ppm: PyramidPooling | None = None
@@ -147,14 +166,20 @@ class PSPNet(nn.Module):
             self.aux_classifier = SegmentationHead(
                 self.backbone.channels["layer3"], config.aux_channels, config.num_classes, config.dropout
             )
+        self.decoder: RefineDecoder | None = None
+        if config.decoder == "refine":
+            self.decoder = RefineDecoder(
+                config.num_classes, self.backbone.channels["layer1"], align_corners=config.align_corners
+            )
 
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
 
     def head_modules(self) -> list[nn.Module]:
-        """The layers the paper trains from scratch with 10x learning rate (PPM and heads)."""
-        return [m for m in (self.ppm, self.classifier, self.aux_classifier) if m is not None]
+        """The layers the paper trains from scratch with 10x learning rate (PPM, heads, decoder)."""
+        heads = (self.ppm, self.classifier, self.aux_classifier, self.decoder)
+        return [m for m in heads if m is not None]
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError with the fix when ``x`` cannot go through the network."""
@@ -187,7 +212,10 @@ class PSPNet(nn.Module):
         size = x.shape[-2:]
         feats = self.backbone(x)
         top = feats["layer4"] if self.ppm is None else self.ppm(feats["layer4"])
-        out = self._upsample(self.classifier(top), size)
+        logits = self.classifier(top)
+        out = self._upsample(logits, size)
+        if self.decoder is not None:
+            out = out + self._upsample(self.decoder(logits, feats["layer1"]), size)
         if self.training and self.aux_classifier is not None:
             return {"out": out, "aux": self._upsample(self.aux_classifier(feats["layer3"]), size)}
         return {"out": out}

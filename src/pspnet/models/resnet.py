@@ -36,8 +36,10 @@ class BasicBlock(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         downsample: nn.Module | None = None,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
+        del stride_in_1x1  # a BasicBlock has no 1x1 conv; accepted so stages build blocks uniformly
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
@@ -53,7 +55,12 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 -> 1x1 bottleneck with the stride on the 3x3 conv, as in the authors' code."""
+    """1x1 -> 3x3 -> 1x1 bottleneck.
+
+    The stride sits on the 3x3 conv, as in the authors' PyTorch code; ``stride_in_1x1`` moves it
+    to the first 1x1 conv, as in the original MSRA/Caffe ResNet that the authors' Caffe ADE20K
+    ResNet-50 model was built on (the two compute different functions with the same weights).
+    """
 
     expansion = 4
 
@@ -64,11 +71,13 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         downsample: nn.Module | None = None,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride_1x1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride_3x3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -144,6 +153,12 @@ class ResNetBackbone(nn.Module):
         stem_width: ``w`` above: 64 for the authors' models, 32 for timm/OpenMMLab deep stems.
         widths: base width of each stage; the defaults are ResNet's. Smaller values make the tiny
             CPU presets used by the demo and the tests.
+        avg_down: shortcut downsampling by a 2x2 average pool before a stride-1 1x1 conv (timm
+            ``resnet*d``, OpenMMLab ``v1d``) instead of a strided 1x1 conv, which drops 3/4 of the
+            input. The shortcut is then ``Sequential(pool, conv, bn)``, keyed as in those sources.
+        contract_dilation: the first block of a dilated stage uses half the stage's dilation
+            (MMSegmentation's ``contract_dilation=True``); the authors dilate every block fully.
+        stride_in_1x1: put a bottleneck's stride on its first 1x1 conv (original Caffe ResNet).
 
     ``forward`` returns ``{"layer1": 1/4, "layer2": 1/8, "layer3": aux input, "layer4": PPM input}``.
     """
@@ -155,6 +170,10 @@ class ResNetBackbone(nn.Module):
         stem: str = "deep",
         stem_width: int = 64,
         widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+        *,
+        avg_down: bool = False,
+        contract_dilation: bool = False,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         if depth not in RESNET_SPECS:
@@ -162,6 +181,9 @@ class ResNetBackbone(nn.Module):
         if len(widths) != 4 or any(int(w) < 1 for w in widths):
             raise ValueError(f"widths must be 4 positive integers, got {widths}")
         spec = RESNET_SPECS[depth]
+        self.avg_down = avg_down
+        self.contract_dilation = contract_dilation
+        self.stride_in_1x1 = stride_in_1x1
         (s3, d3), (s4, d4) = stage_dilations(output_stride)
         self.stem, inplanes = _make_stem(stem, stem_width)
         plan = ((widths[0], 1, 1), (widths[1], 2, 1), (widths[2], s3, d3), (widths[3], s4, d4))
@@ -178,20 +200,30 @@ class ResNetBackbone(nn.Module):
         }
         self._init_weights()
 
-    @staticmethod
+    def _make_shortcut(self, inplanes: int, outplanes: int, stride: int) -> nn.Sequential:
+        if not self.avg_down:
+            return nn.Sequential(
+                nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes)
+            )
+        pool: nn.Module = nn.Identity()
+        if stride > 1:
+            pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+        return nn.Sequential(
+            pool, nn.Conv2d(inplanes, outplanes, 1, 1, bias=False), nn.BatchNorm2d(outplanes)
+        )
+
     def _make_stage(
-        block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int, dilation: int
+        self, block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int, dilation: int
     ) -> tuple[nn.Sequential, int]:
         outplanes = planes * block.expansion  # type: ignore[attr-defined]
         downsample = None
         if stride != 1 or inplanes != outplanes:
-            downsample = nn.Sequential(
-                nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes)
-            )
-        # Every block of a dilated stage gets the full dilation, including the first: this is what
-        # the authors' code does (it patches all conv2 layers after construction).
-        layers = [block(inplanes, planes, stride, dilation, downsample)]
-        layers += [block(outplanes, planes, 1, dilation) for _ in range(1, blocks)]
+            downsample = self._make_shortcut(inplanes, outplanes, stride)
+        # By default every block of a dilated stage gets the full dilation, including the first:
+        # this is what the authors' code does (it patches all conv2 layers after construction).
+        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
+        layers = [block(inplanes, planes, stride, first_dilation, downsample, self.stride_in_1x1)]
+        layers += [block(outplanes, planes, 1, dilation, None, self.stride_in_1x1) for _ in range(1, blocks)]
         return nn.Sequential(*layers), outplanes
 
     def _init_weights(self) -> None:
