@@ -52,8 +52,12 @@ class ModelSection:
         preset: a name from ``pspnet models`` (``pspnet50``, ``pspnet101``, ``pspnet_tiny``, ...).
         num_classes: output classes; None = the dataset's class count. Must equal the dataset's.
         overrides: :class:`~pspnet.models.pspnet.PSPNetConfig` fields, e.g. ``{bins: [1, 2, 3, 6]}``.
-        init_weights: a converted checkpoint (``.safetensors`` or ``.pth``) to start from, e.g. an
-            ImageNet backbone; tensors that do not match (a new class count) stay initialised.
+        init_weights: whole-model weights to start from: ours (``.safetensors``) or a released
+            PSPNet checkpoint (authors' ``.pth``, MMSegmentation ``.pth``, ``.caffemodel``; converted
+            on the fly). Tensors that do not match (a new class count) stay initialised.
+        backbone_weights: an ImageNet ResNet checkpoint for the backbone (the paper's start: the
+            authors' ``resnet50_v2.pth``, or torchvision/timm/OpenMMLab ResNets); PPM and heads
+            stay freshly initialised. Applied before ``init_weights``.
         freeze_bn: keep every BatchNorm in eval mode (running statistics, no updates of them);
             for fine-tuning with tiny per-device batches.
     """
@@ -62,6 +66,7 @@ class ModelSection:
     num_classes: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     init_weights: str | None = None
+    backbone_weights: str | None = None
     freeze_bn: bool = False
 
 

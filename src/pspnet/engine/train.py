@@ -211,20 +211,18 @@ def _build_model(config: TrainConfig, info: Any, is_main: bool) -> nn.Module:
     except ValueError as exc:
         raise InputError(f"model: {exc}") from exc
     attach_metadata(model, model.preset_name, info, model.preprocess)
-    if m.init_weights:
-        path = Path(m.init_weights)
-        if not path.is_file():
-            raise InputError(f"model.init_weights: {path} not found")
-        if path.suffix != ".safetensors":
-            raise InputError(
-                f"model.init_weights: {path} is not a .safetensors file; "
-                "convert it first with `pspnet convert`"
-            )
-        from safetensors.torch import load_file
+    if m.backbone_weights:
+        from pspnet.io.backbone import load_backbone_weights
 
-        report = load_state_dict_into(model, load_file(str(path)), allow_partial=True)
+        report = load_backbone_weights(model, m.backbone_weights)
         if is_main:
-            print(f"init weights {path}: {report.summary()}", file=sys.stderr)
+            print(f"backbone weights {m.backbone_weights}: {report.summary()}", file=sys.stderr)
+    if m.init_weights:
+        from pspnet.io.convert import load_init_weights
+
+        report = load_init_weights(model, m.init_weights)
+        if is_main:
+            print(f"init weights {m.init_weights}: {report.summary()}", file=sys.stderr)
     return model
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "convert_checkpoint",
     "detect_source",
     "infer_semseg_config",
+    "load_init_weights",
     "read_semseg",
     "semseg_to_pspnet",
     "unwrap_state_dict",
@@ -138,7 +139,7 @@ def semseg_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def infer_semseg_config(state: Mapping[str, Tensor], bins: tuple[int, ...] = (1, 2, 3, 6)) -> PSPNetConfig:
-    """Read depth, class count, PPM and aux presence off the tensors' names and shapes.
+    """Read depth, widths, class count, PPM and aux presence off the tensors' names and shapes.
 
     Pool sizes have no parameters, so ``bins`` cannot be read from the file: the number of branches
     is checked against it instead.
@@ -157,12 +158,22 @@ def infer_semseg_config(state: Mapping[str, Tensor], bins: tuple[int, ...] = (1,
         raise InputError(
             f"the checkpoint has {len(branches)} pyramid branches but bins={bins}; pass matching bins"
         )
+    needed = ["layer0.0.weight", "cls.0.weight", *(f"layer{i}.0.conv1.weight" for i in range(1, 5))]
+    absent = [k for k in needed if k not in state]
+    if absent:
+        raise InputError(f"not an hszhao/semseg PSPNet state dict: missing {absent}")
+    widths = tuple(int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5))
+    aux = "aux.4.weight" in state
     return PSPNetConfig(
         num_classes=int(state["cls.4.weight"].shape[0]),
         depth=depth,
+        stem_width=int(state["layer0.0.weight"].shape[0]),
+        widths=widths,  # type: ignore[arg-type]
         use_ppm=use_ppm,
         bins=tuple(bins),
-        aux="aux.4.weight" in state,
+        head_channels=int(state["cls.0.weight"].shape[0]),
+        aux=aux,
+        aux_channels=int(state["aux.0.weight"].shape[0]) if aux else 256,
     )
 
 
@@ -243,3 +254,37 @@ def convert_checkpoint(
     extra = {"converted_from": src.name, "source": source}
     path = save_model(model, dst, extra=extra) if dst else None
     return ConversionResult(model, report, path, source, list(imported.notes))
+
+
+def load_init_weights(model: PSPNet, path: str | os.PathLike[str]) -> LoadReport:
+    """Start training from saved weights: ours (``.safetensors``) or any released checkpoint.
+
+    Released files go through :func:`convert_checkpoint` first, so a ``train_epoch_100.pth``, an
+    MMSegmentation checkpoint or a ``.caffemodel`` can be fine-tuned directly. Tensors whose shape
+    differs (a new class count) or that the file lacks (a decoder) keep their initialisation; the
+    report says which. The backbone, however, must load completely: a file that does not fit it is
+    the wrong file or the wrong preset, and training on would silently start from scratch.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+    else:
+        state = convert_checkpoint(path).model.state_dict()
+    report = load_state_dict_into(model, state, allow_partial=True)
+    misfits = [k for k in report.missing if k.startswith("backbone.")]
+    misfits += [k for k, _, _ in report.mismatched if k.startswith("backbone.")]
+    if misfits:
+        # A fresh head is the point of fine-tuning; a fresh backbone means the wrong file or preset.
+        raise InputError(
+            f"{path}: does not fit the model's backbone ({len(misfits)} backbone tensors missing or "
+            f"mis-shaped, e.g. {misfits[:3]}); check model.preset and model.overrides"
+        )
+    return report
