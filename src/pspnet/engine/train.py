@@ -450,7 +450,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     optimizer = build_optimizer(
         model, o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay, head_lr_mult=o.head_lr_mult
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     raw_model = model
     if ctx.enabled:
         unused = o.aux_weight == 0 and getattr(model, "aux_classifier", None) is not None
