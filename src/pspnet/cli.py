@@ -3,7 +3,9 @@
 Each module in :mod:`pspnet.commands` defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
 ``run(args) -> int``; it is found automatically, so adding a subcommand is adding one module.
 User mistakes (:class:`pspnet.errors.InputError`, ``ValueError``, missing files) print one line
-and exit with status 2; set ``PSPNET_DEBUG=1`` to see the traceback.
+and exit with status 2. Failures of the machine rather than the input (:class:`pspnet.errors.StorageError`
+such as a full disk, other ``OSError``) print one line and exit with status 1. Set ``PSPNET_DEBUG=1``
+to see the traceback.
 """
 
 from __future__ import annotations
@@ -16,10 +18,37 @@ import sys
 from types import ModuleType
 
 from pspnet import __version__
+from pspnet.errors import PSPNetError, StorageError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "exit_status", "main", "one_line"]
 
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    PSPNetError,
+)
+_WORKER_PREFIX = "Caught "  # torch DataLoader: "Caught DataError in DataLoader worker process 0.\n..."
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line.
+
+    A DataLoader worker re-raises a dataset error with the worker's whole traceback as its
+    message; the user needs only its last line (the original message, which names the file).
+    """
+    text = str(exc).strip()
+    if text.startswith(_WORKER_PREFIX) and "Traceback" in text:
+        last = text.splitlines()[-1]
+        name = type(exc).__name__
+        prefix = next(
+            (p for p in (f"{type(exc).__module__}.{name}: ", f"{name}: ") if last.startswith(p)), ""
+        )
+        text = last[len(prefix) :]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines) if lines else type(exc).__name__
 
 
 def _command_modules() -> list[ModuleType]:
@@ -27,6 +56,13 @@ def _command_modules() -> list[ModuleType]:
 
     names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
     return [importlib.import_module(f"pspnet.commands.{name}") for name in names]
+
+
+def exit_status(exc: BaseException) -> int:
+    """2 for a mistake in the input, 1 for a failure of the machine (disk full, I/O error)."""
+    if isinstance(exc, StorageError):
+        return 1
+    return 2 if isinstance(exc, _USER_ERRORS) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _USER_ERRORS as exc:
+    except (*_USER_ERRORS, OSError) as exc:
         if os.environ.get("PSPNET_DEBUG"):
             raise
-        print(f"pspnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"pspnet {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "InputError", "PSPNetError", "UnsafeFileError"]
+__all__ = ["DataError", "InputError", "PSPNetError", "StorageError", "UnsafeFileError"]
 
 
 class PSPNetError(Exception):
@@ -19,3 +19,17 @@ class DataError(InputError):
 
 class UnsafeFileError(InputError):
     """A file would need arbitrary code execution (a pickle with objects) to load; refused."""
+
+
+class StorageError(PSPNetError, OSError):
+    """Writing a file failed for a reason outside the program: disk full, quota, I/O error.
+
+    Raised by every writer of this package (through :func:`pspnet.io.checkpoint.atomic_write`)
+    after the temporary file has been removed, so nothing partial is left under the final name.
+    It is an ``OSError`` (with ``errno`` set when known) so generic handlers still catch it; the
+    message names the file, the cause and what survived (e.g. the previous checkpoint).
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

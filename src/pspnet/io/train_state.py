@@ -10,7 +10,9 @@ Layout of an output folder::
 
 A checkpoint is written into a hidden temporary folder and renamed into place; ``OUT/last`` is
 rewritten (atomically) only after that rename. A kill during the write therefore leaves the
-previous checkpoint and ``last`` untouched; the stale temporary folder is removed next time.
+previous checkpoint and ``last`` untouched; the stale temporary folder is removed next time. A
+failed write (disk full) removes the temporary folder at once and raises a one-line
+:class:`~pspnet.errors.StorageError` that names the checkpoint still intact.
 
 ``state.pt`` holds only tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)`` (no code runs while reading it).
@@ -29,8 +31,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from pspnet.errors import InputError
-from pspnet.io.checkpoint import atomic_write, read_torch_file, save_model
+from pspnet.errors import InputError, StorageError
+from pspnet.io.checkpoint import (
+    atomic_write,
+    read_torch_file,
+    save_model,
+    save_torch_file,
+    storage_error,
+    storage_reason,
+)
 
 __all__ = [
     "BEST_NAME",
@@ -123,6 +132,18 @@ def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("iter_"))
 
 
+def _previous(out: Path) -> str:
+    """What a failed save leaves to resume from, for the error message."""
+    pointer = out / LAST_NAME
+    if not pointer.is_file():
+        return "no earlier checkpoint exists"
+    try:
+        target = pointer.read_text(encoding="utf-8").strip()
+    except OSError:
+        return f"{pointer} is unchanged"
+    return f"the previous checkpoint {out / target} is intact ({pointer} still names it)"
+
+
 def save_checkpoint(
     out_dir: str | os.PathLike[str],
     model: torch.nn.Module,
@@ -135,29 +156,52 @@ def save_checkpoint(
     """Write ``OUT/checkpoints/iter_N`` atomically, point ``OUT/last`` at it, prune old ones.
 
     Returns the checkpoint folder.
+
+    Raises:
+        StorageError: a write failed (disk full, quota, I/O error). Nothing of the new checkpoint
+            is left behind; the message says which checkpoint is intact to ``--resume`` from.
     """
     out = Path(out_dir)
     root = out / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f"{_TMP_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
     name = checkpoint_name(iteration)
+    final = root / name
     tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
-    tmp.mkdir()
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{_TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in out.glob(".*.tmp"):  # atomic_write temporaries of OUT/last, best, model: a kill's
+            if stale.name.startswith(tuple(f".{n}." for n in (LAST_NAME, BEST_NAME, MODEL_FILE))):
+                stale.unlink(missing_ok=True)
+        tmp.mkdir()
         save_model(model, tmp / MODEL_FILE, extra={"iteration": str(iteration)})
-        atomic_write(tmp / STATE_FILE, lambda path: torch.save(dict(state), path))
+        save_torch_file(dict(state), tmp / STATE_FILE)
         atomic_write(tmp / CONFIG_FILE, lambda path: Path(path).write_text(config_yaml, encoding="utf-8"))
         _fsync_dir(tmp)
-        final = root / name
         if final.exists():  # the same iteration saved again (e.g. a resume at a checkpoint step)
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write(out / LAST_NAME, lambda path: Path(path).write_text(f"{CHECKPOINT_DIR}/{name}\n"))
+        error = storage_error(final, exc) if isinstance(exc, Exception) else None
+        if error is None:
+            raise
+        reason = storage_reason(error.errno)
+        raise StorageError(
+            f"checkpoint {final} not saved: {reason}; {_previous(out)}: free some space, then rerun "
+            "with --resume",
+            error.errno,
+        ) from exc
+    try:
+        atomic_write(out / LAST_NAME, lambda path: Path(path).write_text(f"{CHECKPOINT_DIR}/{name}\n"))
+    except StorageError as exc:
+        reason = storage_reason(exc.errno)
+        raise StorageError(
+            f"checkpoint {final} was saved but {out / LAST_NAME} could not be updated: {reason}; "
+            f"{_previous(out)}: free some space, then rerun with --resume",
+            exc.errno,
+        ) from exc
     for old in list_checkpoints(out)[: -max(keep_last, 1)]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
