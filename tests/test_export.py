@@ -108,3 +108,22 @@ def test_int8_model_is_quantized_and_keeps_metadata(
     runner = OnnxModel(out)
     assert runner.num_classes == 21
     assert runner(torch.randn(1, 3, 72, 88))["out"].shape == (1, 21, 72, 88)
+
+
+def test_a_failed_export_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from pspnet.errors import StorageError
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous export")
+
+    def half_written(module, args, f, **kwargs):  # what a full disk does half-way through
+        Path(f).write_bytes(b"\x08\x07partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", half_written)
+    with pytest.raises(StorageError, match="model.onnx"):
+        export_onnx(create_model("pspnet_tiny", num_classes=3), target)
+    assert target.read_bytes() == b"previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

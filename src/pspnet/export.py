@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from pspnet.data.info import DatasetInfo
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import InputError
+from pspnet.io.checkpoint import atomic_write
 
 __all__ = [
     "ONNX_FORMAT_NAME",
@@ -174,26 +175,30 @@ def export_onnx(
     if dynamic:
         axes = {0: "batch", 2: "height", 3: "width"}
         dynamic_axes = {_INPUT: axes, _OUTPUT: axes}
-    with warnings.catch_warnings():
-        # Tracer warnings about Python bools in the input checks: they hold for every valid input.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            opset_version=opset,
-            input_names=[_INPUT],
-            output_names=[_OUTPUT],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    for key, value in _metadata(model).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return path
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            # Tracer warnings about Python bools in the input checks: they hold for every valid input.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                tmp,
+                opset_version=opset,
+                input_names=[_INPUT],
+                output_names=[_OUTPUT],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(tmp)
+        for key, value in _metadata(model).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, tmp)
+
+    # through a temporary file: a failed export (or a full disk) never leaves a partial .onnx
+    return atomic_write(path, write)
 
 
 def _session(
@@ -343,26 +348,29 @@ def quantize_int8(
         source = prepared
     except Exception:  # pre-processing is an optimisation; quantize the raw graph if it fails
         source = Path(onnx_path)
-    try:
+    onnx = _require("onnx")
+
+    def write(tmp: str) -> None:
         quantize_static(
             str(source),
-            str(out_path),
+            tmp,
             _Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+        # Keep the pspnet metadata so OnnxModel can open the quantized file too.
+        original = onnx.load(str(onnx_path), load_external_data=False)
+        quantized = onnx.load(tmp)
+        present = {p.key for p in quantized.metadata_props}
+        for prop in original.metadata_props:
+            if prop.key not in present:
+                entry = quantized.metadata_props.add()
+                entry.key, entry.value = prop.key, prop.value
+        onnx.save(quantized, tmp)
+
+    try:
+        return atomic_write(out_path, write)
     finally:
         prepared.unlink(missing_ok=True)
-    # Keep the pspnet metadata so OnnxModel can open the quantized file too.
-    onnx = _require("onnx")
-    original = onnx.load(str(onnx_path), load_external_data=False)
-    quantized = onnx.load(str(out_path))
-    present = {p.key for p in quantized.metadata_props}
-    for prop in original.metadata_props:
-        if prop.key not in present:
-            entry = quantized.metadata_props.add()
-            entry.key, entry.value = prop.key, prop.value
-    onnx.save(quantized, str(out_path))
-    return out_path

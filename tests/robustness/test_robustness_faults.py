@@ -382,3 +382,21 @@ def test_a_dying_ddp_rank_ends_the_job_with_the_cause_and_keeps_the_checkpoint(t
     _, state = load_checkpoint(find_last_checkpoint(out))
     assert state["iteration"] == 2
     assert not (out / "model.safetensors").exists()
+
+
+def test_disk_full_while_logging_names_the_metrics_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    real_open = Path.open
+
+    def open_fails_for_the_log(self: Path, mode: str = "r", *args, **kwargs):
+        if self.name == "metrics.jsonl" and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_fails_for_the_log)
+    with pytest.raises(StorageError, match="metrics.jsonl") as info:
+        train(load_config(None, train_overrides(out)), TinyScenes(8))
+    assert info.value.errno == errno.ENOSPC and "\n" not in str(info.value)
+    assert (out / "config.yaml").is_file() and hidden_leftovers(out) == []

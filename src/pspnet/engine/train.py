@@ -40,7 +40,7 @@ from pspnet.engine.distributed import (
 )
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
 from pspnet.errors import DataError, InputError
-from pspnet.io.checkpoint import load_state_dict_into, save_model
+from pspnet.io.checkpoint import atomic_write, load_state_dict_into, save_model, storage_error
 from pspnet.io.train_state import (
     BEST_NAME,
     capture_rng,
@@ -298,8 +298,14 @@ class _Logger:
         self.history.append(entry)
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            error = storage_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from exc
         if self.writer is not None:
             step = int(entry["iter"])
             for key, value in entry.items():
@@ -513,10 +519,9 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         logger.message(f"resumed from {last} at iteration {iteration} (epoch {epoch}, step {epoch_step})")
     elif config.resume:
         logger.message(f"--resume: no checkpoint in {out} yet; starting from scratch")
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     config_yaml = config.to_yaml()
+    if ctx.is_main:
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config_yaml, encoding="utf-8"))
 
     def checkpoint_state() -> dict[str, Any]:
         return {
