@@ -22,19 +22,19 @@ from pspnet.io.train_state import load_checkpoint
 
 def test_amp_choice_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert engine._resolve_amp("auto", cpu) is None  # never autocast on CPU
-    assert engine._resolve_amp("off", cuda) is None
+    assert engine.resolve_amp("auto", cpu) is None  # never autocast on CPU
+    assert engine.resolve_amp("off", cuda) is None
     with pytest.raises(InputError, match="needs a CUDA device"):
-        engine._resolve_amp("bf16", cpu)
+        engine.resolve_amp("bf16", cpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert engine._resolve_amp("auto", cuda) is torch.bfloat16
-    assert engine._resolve_amp("fp16", cuda) is torch.float16
+    assert engine.resolve_amp("auto", cuda) is torch.bfloat16
+    assert engine.resolve_amp("fp16", cuda) is torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert engine._resolve_amp("auto", cuda) is torch.float16  # pre-Ampere GPUs: fp16 + GradScaler
+    assert engine.resolve_amp("auto", cuda) is torch.float16  # pre-Ampere GPUs: fp16 + GradScaler
 
 
 def test_fp16_grad_scaler_path_saves_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "_resolve_amp", lambda mode, device: torch.float16)
+    monkeypatch.setattr(engine, "resolve_amp", lambda mode, device: torch.float16)
     run = {"optim.iterations": 3, "output.checkpoint_interval": 1}
     full = engine.train(load_config(None, tiny_overrides(tmp_path / "full", **run)), TinyDataset(n=8))
     _, full_state = load_checkpoint(tmp_path / "full" / "checkpoints" / "iter_00000003")

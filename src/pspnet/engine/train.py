@@ -15,20 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from pspnet.config import TrainConfig
 from pspnet.engine.distributed import (
@@ -39,8 +34,19 @@ from pspnet.engine.distributed import (
     init_distributed,
 )
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
-from pspnet.errors import DataError, InputError
-from pspnet.io.checkpoint import atomic_write, load_state_dict_into, save_model, storage_error
+from pspnet.engine.sampler import ResumableSampler, seed_worker
+from pspnet.engine.train_log import TrainLogger
+from pspnet.engine.train_setup import (
+    build_model,
+    open_train_datasets,
+    resolve_amp,
+    resolve_device,
+    seed_everything,
+    set_train_mode,
+    verify_or_refuse,
+)
+from pspnet.errors import InputError
+from pspnet.io.checkpoint import atomic_write, load_state_dict_into, save_model
 from pspnet.io.train_state import (
     BEST_NAME,
     capture_rng,
@@ -53,7 +59,6 @@ from pspnet.io.train_state import (
 __all__ = ["NonFiniteLossError", "TrainResult", "train"]
 
 FINAL_MODEL_NAME = "model.safetensors"
-METRICS_NAME = "metrics.jsonl"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -86,177 +91,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------- setup helpers
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device: cuda requested but no CUDA device is available; use device: auto or cpu")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-def _resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. Never autocast on CPU (slow and not what users expect)."""
-    if mode == "off":
-        return None
-    if device.type != "cuda":
-        if mode in ("bf16", "fp16"):
-            raise InputError(f"optim.amp: {mode} needs a CUDA device; use amp: auto (fp32 on CPU) or off")
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:
-        for module in model.modules():
-            if isinstance(module, _BatchNorm):
-                module.eval()
-
-
-def _open_datasets(config: TrainConfig, preprocess: Any) -> tuple[Any, Any | None]:
-    """Training and validation datasets from ``config.data`` (the data helper's loaders)."""
-    from pspnet.data.datasets import open_dataset
-    from pspnet.data.info import get_dataset_info
-    from pspnet.data.transforms import train_transforms
-
-    d = config.data
-    if d.root is None:
-        raise InputError("data.root is not set; pass --set data.root=/path/to/dataset")
-    info = None
-    if d.dataset is not None:
-        try:
-            info = get_dataset_info(d.dataset)
-        except ValueError as exc:
-            raise InputError(f"data.dataset: {exc}") from exc
-    num_classes = config.model.num_classes if info is None and d.kind in ("folder", "list", "auto") else None
-    transform = train_transforms(
-        d.crop_size,
-        preprocess,
-        scale=tuple(d.scale) if d.scale is not None else None,
-        rotate=tuple(d.rotate) if d.rotate is not None else None,
-        blur=d.blur,
-        flip=d.flip,
-        ignore_index=d.ignore_index,
-    )
-
-    def open_split(split: str, transform: Any) -> Any:
-        try:
-            return open_dataset(
-                d.root,
-                d.kind,
-                split,
-                info=info,
-                transform=transform,
-                seed=config.seed,
-                num_classes=num_classes,
-            )
-        except InputError as exc:
-            if num_classes is not None and "num_classes" in str(exc):
-                raise InputError(
-                    f"model.num_classes={num_classes} does not match the dataset: {exc}"
-                ) from exc
-            raise
-
-    train_set = open_split(d.train_split, transform)
-    val_set = None
-    if d.val_split is not None and config.eval.enabled:
-        val_set = open_split(d.val_split, None)
-    return train_set, val_set
-
-
-def _verify(dataset: Any, max_files: int | None, rank: int) -> None:
-    try:
-        from pspnet.data.verify import verify_dataset
-    except ImportError:  # pragma: no cover - the data helper ships it
-        return
-    report = verify_dataset(dataset, max_files=max_files, progress=False)
-    if not report.ok:
-        first = "; ".join(f"{path}: {message}" for path, message in report.problems[:3])
-        more = f" (+{len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
-        raise DataError(
-            f"dataset {getattr(dataset, 'root', '')} failed verification: {first}{more}; "
-            "run `pspnet verify-dataset` for the full report, fix the files, or set data.verify=false"
-        )
-
-
-def _build_model(config: TrainConfig, info: Any, is_main: bool) -> nn.Module:
-    from pspnet.models.registry import attach_metadata, create_model
-
-    m = config.model
-    num_classes = m.num_classes if m.num_classes is not None else info.num_classes
-    if num_classes != info.num_classes:
-        raise InputError(
-            f"model.num_classes={num_classes} but dataset {info.name!r} has {info.num_classes} classes; "
-            f"set model.num_classes={info.num_classes} (or null)"
-        )
-    try:
-        model = create_model(m.preset, num_classes=num_classes, **m.overrides)
-    except ValueError as exc:
-        raise InputError(f"model: {exc}") from exc
-    attach_metadata(model, model.preset_name, info, model.preprocess)
-    if m.backbone_weights:
-        from pspnet.io.backbone import load_backbone_weights
-
-        report = load_backbone_weights(model, m.backbone_weights)
-        if is_main:
-            print(f"backbone weights {m.backbone_weights}: {report.summary()}", file=sys.stderr)
-    if m.init_weights:
-        from pspnet.io.convert import load_init_weights
-
-        report = load_init_weights(model, m.init_weights)
-        if is_main:
-            print(f"init weights {m.init_weights}: {report.summary()}", file=sys.stderr)
-    return model
-
-
-class _ResumableSampler(Sampler[int]):
-    """A DistributedSampler (order keyed on ``(seed, epoch)``) that can skip its first N indices once.
-
-    Skipping happens at index level, so a resumed run neither loads nor augments the images the
-    interrupted run already consumed in the current epoch.
-    """
-
-    def __init__(self, dataset: Any, rank: int, world: int, seed: int) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(self.inner)
-        start, self.skip = self.skip, 0
-        return iter(indices[start:])
-
-    def __len__(self) -> int:
-        return len(self.inner) - self.skip
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker with (loader generator draw + worker_id); the generator is reseeded
-    # per epoch from (seed, epoch), so user transforms using the global RNGs stay reproducible.
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def _batch_names(dataset: Any, indices: list[int]) -> list[str]:
     samples = getattr(dataset, "samples", None)
     if samples is None:
@@ -276,97 +110,23 @@ def _fingerprint_diff(saved: dict[str, Any], current: dict[str, Any], prefix: st
     return diffs
 
 
-class _Logger:
-    """metrics.jsonl, TensorBoard and the console, written by rank 0 only."""
+def _validate(model: nn.Module, val_dataset: Any, config: TrainConfig) -> dict[str, Any]:
+    """Validation metrics with the configured protocol (``config.eval``)."""
+    from pspnet.engine.evaluate import evaluate
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.path = out / METRICS_NAME
-        self.writer = None
-        self.history: list[dict[str, Any]] = []
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise InputError(
-                    "output.tensorboard: true needs the tensorboard package: pip install tensorboard "
-                    "(or set output.tensorboard=false)"
-                ) from exc
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-
-    def log(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
-        if not self.enabled:
-            return
-        try:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
-        except OSError as exc:
-            error = storage_error(self.path, exc)
-            if error is None:
-                raise
-            raise error from exc
-        if self.writer is not None:
-            step = int(entry["iter"])
-            for key, value in entry.items():
-                if key not in ("iter", "epoch", "time") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, step)
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _validate(
-    model: nn.Module, val_dataset: Any, config: TrainConfig, device: torch.device
-) -> dict[str, Any]:
-    """Validation metrics; the eval helper's protocol, or a plain whole-image mIoU if it is absent."""
     model.eval()
-    try:
-        from pspnet.engine.evaluate import evaluate
-    except ImportError:  # pragma: no cover - the eval helper ships it
-        evaluate = None
     with torch.no_grad():
-        if evaluate is not None:
-            result = evaluate(
-                model,
-                val_dataset,
-                mode=config.eval.mode,
-                scales=tuple(config.eval.scales),
-                flip=config.eval.flip,
-                progress=False,
-                limit=config.eval.limit,
-            )
-            m = result.metrics
-            return {"val_miou": float(m.miou), "val_macc": float(m.macc), "val_allacc": float(m.allacc)}
-        return {"val_miou": _simple_miou(model, val_dataset, config, device)}  # pragma: no cover
-
-
-def _simple_miou(model: nn.Module, dataset: Any, config: TrainConfig, device: torch.device) -> float:
-    """Whole-image mIoU from a confusion matrix (fallback; single process)."""
-    num_classes, ignore = dataset.info.num_classes, dataset.info.ignore_index
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    total = len(dataset) if config.eval.limit is None else min(len(dataset), config.eval.limit)
-    for index in range(total):
-        image, mask = dataset.load_raw(index)
-        if mask is None:
-            continue
-        x = model.preprocess.normalize(torch.from_numpy(image).permute(2, 0, 1).float()[None]).to(device)
-        pred = model(x)["out"].argmax(1)[0].cpu()
-        target = torch.from_numpy(mask)
-        keep = target != ignore
-        confusion += torch.bincount(
-            target[keep] * num_classes + pred[keep], minlength=num_classes**2
-        ).reshape(num_classes, num_classes)
-    inter = confusion.diag().double()
-    union = confusion.sum(0).double() + confusion.sum(1).double() - inter
-    return float((inter / (union + 1e-10)).mean())
+        result = evaluate(
+            model,
+            val_dataset,
+            mode=config.eval.mode,
+            scales=tuple(config.eval.scales),
+            flip=config.eval.flip,
+            progress=False,
+            limit=config.eval.limit,
+        )
+    m = result.metrics
+    return {"val_miou": float(m.miou), "val_macc": float(m.macc), "val_allacc": float(m.allacc)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -409,9 +169,9 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
 
 
 def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_dataset: Any) -> TrainResult:
-    device = _resolve_device(config.device, ctx.local_rank)
-    amp_dtype = _resolve_amp(config.optim.amp, device)
-    _seed_everything(config.seed, config.deterministic)
+    device = resolve_device(config.device, ctx.local_rank)
+    amp_dtype = resolve_amp(config.optim.amp, device)
+    seed_everything(config.seed, config.deterministic)
     out = Path(config.output.dir)
     o = config.optim
 
@@ -424,16 +184,16 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         raise InputError(f"model.preset: {exc}") from exc
     from_config = train_dataset is None
     if from_config:
-        train_dataset, config_val = _open_datasets(config, preprocess)
+        train_dataset, config_val = open_train_datasets(config, preprocess)
         val_dataset = val_dataset if val_dataset is not None else config_val
         if config.data.verify:
-            _verify(train_dataset, config.data.verify_max_files, ctx.rank)
+            verify_or_refuse(train_dataset, config.data.verify_max_files, ctx.rank)
     if not config.eval.enabled:
         val_dataset = None
     info = train_dataset.info
 
     # --- model, optimizer, precision
-    model = _build_model(config, info, ctx.is_main)
+    model = build_model(config, info, ctx.is_main)
     uses_bin1 = model.ppm is not None and 1 in model.config.bins
     per_rank = o.batch_size // ctx.world_size
     if o.batch_size % (ctx.world_size * o.accumulate):
@@ -465,7 +225,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         )
 
     # --- data loader with resumable order
-    sampler = _ResumableSampler(train_dataset, ctx.rank, ctx.world_size, config.seed)
+    sampler = ResumableSampler(train_dataset, ctx.rank, ctx.world_size, config.seed)
     generator = torch.Generator()
     loader = DataLoader(
         train_dataset,
@@ -474,7 +234,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
-        worker_init_fn=_seed_worker if config.data.num_workers > 0 else None,
+        worker_init_fn=seed_worker if config.data.num_workers > 0 else None,
         generator=generator,
         persistent_workers=False,
     )
@@ -487,7 +247,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     max_iter = o.iterations if o.iterations is not None else o.epochs * steps_per_epoch
 
     # --- output folder and resume
-    logger = _Logger(out, ctx.is_main, config.output.tensorboard)
+    logger = TrainLogger(out, ctx.is_main, config.output.tensorboard)
     iteration, epoch, epoch_step = 0, 0, 0
     best_miou: float | None = None
     skipped: list[int] = []
@@ -557,7 +317,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     buffers = [b for b in raw_model.buffers() if b.is_floating_point()]
     if rng_state is not None:
         restore_rng(rng_state)
-    _set_train_mode(model, config.model.freeze_bn)
+    set_train_mode(model, config.model.freeze_bn)
     images_per_step = micro * o.accumulate * ctx.world_size
     run_start = time.perf_counter()
     window_start, window_losses, window_aux, window_steps = run_start, [], [], 0
@@ -669,8 +429,8 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
             if val_dataset is not None and (
                 (interval > 0 and iteration % interval == 0) or iteration == max_iter
             ):
-                scores = _validate(raw_model, val_dataset, config, device)
-                _set_train_mode(model, config.model.freeze_bn)
+                scores = _validate(raw_model, val_dataset, config)
+                set_train_mode(model, config.model.freeze_bn)
                 logger.log({"iter": iteration, "epoch": epoch, **scores})
                 logger.message(f"iteration {iteration}: val mIoU {100 * scores['val_miou']:.2f}")
                 if best_miou is None or scores["val_miou"] > best_miou:

@@ -1,0 +1,62 @@
+"""The training log: ``metrics.jsonl``, optional TensorBoard scalars, console messages (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pspnet.errors import InputError
+from pspnet.io.checkpoint import storage_error
+
+__all__ = ["METRICS_NAME", "TrainLogger"]
+
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainLogger:
+    """metrics.jsonl, TensorBoard and the console, written by rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = out / METRICS_NAME
+        self.writer = None
+        self.history: list[dict[str, Any]] = []
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise InputError(
+                    "output.tensorboard: true needs the tensorboard package: pip install tensorboard "
+                    "(or set output.tensorboard=false)"
+                ) from exc
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        if not self.enabled:
+            return
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            error = storage_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from exc
+        if self.writer is not None:
+            step = int(entry["iter"])
+            for key, value in entry.items():
+                if key not in ("iter", "epoch", "time") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
