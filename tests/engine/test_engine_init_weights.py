@@ -87,7 +87,7 @@ def test_training_starts_from_init_weights(tmp_path: Path, capsys: pytest.Captur
     assert "init weights" in err and f"{len(source.state_dict())} tensors loaded" in err
 
 
-def test_training_starts_from_an_imagenet_backbone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_starts_from_an_imagenet_backbone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     source = create_model("pspnet_tiny", num_classes=4)
     stem = {"0.": "conv1.", "1.": "bn1.", "3.": "conv2.", "4.": "bn2.", "6.": "conv3.", "7.": "bn3."}
     imagenet = {"fc.weight": torch.zeros(1000, 8), "fc.bias": torch.zeros(1000)}

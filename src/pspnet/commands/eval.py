@@ -14,7 +14,15 @@ DESCRIPTION = (
     "OUT/metrics.json (every number and the settings) and OUT/confusion.png. For the authors' datasets "
     "(VOC2012, Cityscapes, ADE20K) images are resized to the dataset's base size at scale 1.0, as the "
     "authors do; for folder and list datasets images are used at their own size unless --base-size is given. "
-    "The authors' setting: --mode slide --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip (multi-scale)."
+    "The authors' setting: --mode slide --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip (multi-scale). "
+    "Cheaper modes, each a speed/accuracy trade with its cost measured in docs/cpu_modes.md: "
+    "--output-stride 16, a single smaller --scales value, no --flip."
+)
+
+_OUTPUT_STRIDE_HELP = (
+    "run the backbone at this output stride instead of the model's own (8 for the paper's models); "
+    "same weights. A speed/accuracy trade: 16 does several times less work at a measured accuracy "
+    "cost (docs/cpu_modes.md). Not for .onnx models, whose stride is fixed when exported"
 )
 
 _AUTHORS_DATASETS = ("voc2012", "cityscapes", "ade20k")
@@ -44,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-size", type=int, default=None, help="long side at scale 1.0 (default: see the description)"
     )
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    parser.add_argument(
+        "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and confusion.png here")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -56,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.data.datasets import open_dataset
     from pspnet.engine.evaluate import evaluate
     from pspnet.io.checkpoint import open_model
+    from pspnet.models.stride import at_output_stride
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = open_model(args.model, map_location=device)
+    if args.output_stride is not None:
+        model = at_output_stride(model, args.output_stride, args.model)
     dataset = open_dataset(args.data, args.kind, args.split, num_classes=model.num_classes)
     model_info = model.dataset_info
     generic = all(name == f"class_{i}" for i, name in enumerate(dataset.info.class_names))
@@ -85,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     result.settings["model"] = str(args.model)
     result.settings["data"] = str(args.data)
     result.settings["split"] = args.split
+    if args.output_stride is not None:
+        result.settings["output_stride"] = args.output_stride
     print(result.format_table())
     if args.out is not None:
         json_path = result.to_json(args.out / "metrics.json")

@@ -18,6 +18,11 @@ DESCRIPTION = (
 )
 
 _GLOB_CHARS = frozenset("*?[")
+_OUTPUT_STRIDE_HELP = (
+    "run the backbone at this output stride instead of the model's own (8 for the paper's models); "
+    "same weights. A speed/accuracy trade: 16 does several times less work at a measured accuracy "
+    "cost (docs/cpu_modes.md). Not for .onnx models, whose stride is fixed when exported"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    parser.add_argument(
+        "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
+    )
     parser.add_argument(
         "--overlay", action=argparse.BooleanOptionalAction, default=True, help="write <stem>_overlay.jpg"
     )
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.data.info import default_palette
     from pspnet.errors import DataError, InputError
     from pspnet.io.checkpoint import open_model
+    from pspnet.models.stride import at_output_stride
     from pspnet.prediction import load_image, predict
     from pspnet.viz import overlay, save_confidence_png, save_image, save_label_png
 
@@ -98,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     _check_stems(files)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = open_model(args.model, map_location=device)
+    if args.output_stride is not None:
+        model = at_output_stride(model, args.output_stride, args.model)
     info = model.dataset_info
     palette = info.palette if info is not None else default_palette(model.num_classes)
     if args.mode == "slide" and args.crop_size is None and info is None:
