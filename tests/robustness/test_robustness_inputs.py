@@ -238,11 +238,6 @@ def test_grey_and_rgba_arrays_are_converted_like_files(model: torch.nn.Module) -
     np.testing.assert_array_equal(predict(model, strided).labels, predict(model, rgb).labels)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/inference.py (not this helper's) accepts float arrays without a finiteness check; "
-    "fix: in _check_image, refuse float images with NaN/Inf (pspnet.predict already does)",
-)
 def test_predict_probs_refuses_non_finite_float_arrays(model: torch.nn.Module) -> None:
     image = np.full((16, 16, 3), 100.0, np.float32)
     image[3, 4, 1] = np.nan

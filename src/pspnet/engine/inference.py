@@ -126,6 +126,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
         raise InputError(f"image must have shape (H, W, 3) RGB, got {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image is empty: shape {image.shape}")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise InputError("image holds NaN/Inf values; expected RGB values in 0-255")
     return image.astype(np.float32, copy=False)
 
 
