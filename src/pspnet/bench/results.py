@@ -109,20 +109,20 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"{report.preset} ({report.num_classes} classes) on {report.device} [{report.device_name}], "
         f"torch {report.torch_version}, {report.threads} threads; matmul peak GFLOP/s: {peaks}",
-        f"{'variant':<18}{'size':>11}{'batch':>6}{'ms (p10-p90)':>24}{'img/s':>9}{'vs eager':>9}"
+        f"{'variant':<18}{'size':>11}{'batch':>6}{'ms (p10-p90)':>28}{'img/s':>9}{'vs eager':>9}"
         f"{'GFLOP/img':>10}{'GFLOP/s':>9}{'%peak':>7}{'mem MB':>9}{'maxdiff':>9}",
     ]
     for v in report.variants:
         spread = f"{v.latency_ms_median:.1f} ({v.latency_ms_p10:.1f}-{v.latency_ms_p90:.1f})"
         lines.append(
-            f"{v.name:<18}{v.size[0]:>5}x{v.size[1]:<5}{v.batch:>6}{spread:>24}{v.images_per_s:>9.2f}"
+            f"{v.name:<18}{v.size[0]:>5}x{v.size[1]:<5}{v.batch:>6}{spread:>28}{v.images_per_s:>9.2f}"
             f"{v.speedup_vs_eager:>8.2f}x{v.gflops_per_image:>10.1f}{v.achieved_gflops:>9.1f}"
             f"{100 * v.peak_fraction:>6.0f}%{v.peak_memory_mb:>9.0f}{v.max_abs_diff_vs_eager:>9.1e}"
         )
     for t in report.train:
         lines.append(
             f"{t.name:<18}{t.size[0]:>5}x{t.size[1]:<5}{t.batch:>6}"
-            f"{f'{t.step_ms_median:.1f} ({t.step_ms_p10:.1f}-{t.step_ms_p90:.1f})':>24}"
+            f"{f'{t.step_ms_median:.1f} ({t.step_ms_p10:.1f}-{t.step_ms_p90:.1f})':>28}"
             f"{t.images_per_s:>9.2f}{t.speedup_vs_fp32:>8.2f}x  (vs train_fp32)  "
             f"mem {t.peak_memory_mb:.0f} MB"
         )
