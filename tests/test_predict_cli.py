@@ -241,3 +241,13 @@ def test_predict_command_accepts_an_exported_onnx_model(model: torch.nn.Module, 
     expected = predict(model, image).labels
     # fp32 onnxruntime vs eager: identical labels except where two classes tie within ~1e-5
     assert written.shape == expected.shape and (written == expected).mean() > 0.99
+
+
+def test_predict_command_refuses_amp_on_cpu(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_png(tmp_path / "in" / "a.png", _image(20, 20, 3))
+    argv = ["predict", str(tmp_path / "in"), "--model", str(model_path), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--device", "cpu", "--amp", "bf16"]) == 2
+    assert "--amp bf16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

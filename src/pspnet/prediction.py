@@ -111,6 +111,7 @@ def predict(
     batch_size: int = 4,
     return_probs: bool = False,
     return_confidence: bool = False,
+    amp_dtype: torch.dtype | None = None,
 ) -> Prediction:
     """Segment one image with the authors' inference protocol (see :mod:`pspnet.engine.inference`).
 
@@ -119,8 +120,8 @@ def predict(
         image: ``(H, W, 3)`` RGB ``uint8`` array (grey and RGBA arrays are converted, other
             dtypes and layouts refused: see :func:`as_rgb_uint8`), or an image file path (grey,
             RGBA and 16-bit files are converted to 8-bit RGB; truncated files are refused).
-        mode, crop_size, scales, base_size, flip, device, batch_size: as in
-            :func:`pspnet.engine.inference.predict_probs`.
+        mode, crop_size, scales, base_size, flip, device, batch_size, amp_dtype: as in
+            :func:`pspnet.engine.inference.predict_probs` (``amp_dtype``: bf16/fp16, CUDA only).
         return_probs: keep the ``(C, H, W)`` probabilities (memory: C x H x W floats).
         return_confidence: keep the max probability per pixel.
 
@@ -156,6 +157,7 @@ def predict(
             device=device,
             batch_size=batch_size,
             to_cpu=False,  # reduce on the run device; copy only what is returned (C x smaller)
+            amp_dtype=amp_dtype,
         )
     except InputError:
         raise

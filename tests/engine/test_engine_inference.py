@@ -261,3 +261,10 @@ def test_bad_arguments_raise_input_error(model: torch.nn.Module, kwargs: dict, m
 def test_bad_image_raises_input_error(model: torch.nn.Module) -> None:
     with pytest.raises(InputError, match=r"\(H, W, 3\)"):
         predict_probs(model, np.zeros((20, 20), dtype=np.uint8))
+
+
+def test_autocast_is_refused_off_cuda(model: torch.nn.Module) -> None:
+    with pytest.raises(InputError, match="needs a CUDA device"):
+        predict_probs(model, _image(32, 32), amp_dtype=torch.bfloat16)
+    with pytest.raises(InputError, match="amp_dtype must be"):
+        predict_probs(model, _image(32, 32), amp_dtype=torch.float64)

@@ -88,3 +88,14 @@ def test_amp_channels_last_training_runs_and_saves(tmp_path: Path, amp: str) -> 
     assert result.history[-1]["loss"] < result.history[0]["loss"] * 1.5
     weights = load_model(result.model_path).state_dict()
     assert all(v.dtype != torch.bfloat16 and torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_slide_prediction_agrees_with_fp32(dtype: torch.dtype) -> None:
+    model = _model()
+    image = np.random.default_rng(1).integers(0, 256, (150, 210, 3), dtype=np.uint8)
+    fp32 = predict_probs(model, image, mode="slide", crop_size=97, flip=True, device="cuda")
+    amp = predict_probs(model, image, mode="slide", crop_size=97, flip=True, device="cuda", amp_dtype=dtype)
+    assert amp.dtype == torch.float32
+    assert float((amp - fp32).abs().max()) < 5e-2
+    assert (amp.argmax(0) == fp32.argmax(0)).float().mean() > 0.98

@@ -7,6 +7,8 @@ import glob
 import sys
 from pathlib import Path
 
+from pspnet.commands._options import add_amp_argument, resolve_amp_argument
+
 NAME = "predict"
 HELP = "segment images: label PNGs (values = class ids), colour overlays, confidence maps"
 DESCRIPTION = (
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--confidence", action="store_true", help="also write <stem>_confidence.png")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    add_amp_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no images found in {' '.join(args.inputs)}")
     _check_stems(files)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    amp_dtype = resolve_amp_argument(args.amp, device)
     model = open_model(args.model, map_location=device)
     if args.output_stride is not None:
         model = at_output_stride(model, args.output_stride, args.model)
@@ -142,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 flip=args.flip,
                 batch_size=args.batch_size,
                 return_confidence=args.confidence,
+                amp_dtype=amp_dtype,
             )
         except ValueError as exc:  # e.g. an image smaller than the network's minimum input
             write(f"pspnet predict: skipped: {path}: {exc}", file=sys.stderr)

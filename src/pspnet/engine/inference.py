@@ -144,6 +144,7 @@ def predict_probs(
     device: torch.device | str | None = None,
     batch_size: int = 4,
     to_cpu: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Softmax probabilities ``(C, H, W)`` (float32, CPU) for one RGB image, authors' protocol.
 
@@ -163,9 +164,11 @@ def predict_probs(
         batch_size: windows (flips included) per forward pass in ``"slide"`` mode.
         to_cpu: return on the CPU (default); False keeps the result on the run device, which saves
             a copy when the caller takes the argmax there (evaluation on a GPU).
+        amp_dtype: ``torch.bfloat16``/``torch.float16`` autocast for the network, CUDA only (a
+            GPU speed option; softmax and averaging stay in float32). Never used on CPU.
 
     Raises:
-        InputError: bad image, mode, scale, crop or batch size.
+        InputError: bad image, mode, scale, crop or batch size; ``amp_dtype`` off CUDA.
     """
     raw = _check_image(image)
     if mode not in INFERENCE_MODES:
@@ -196,10 +199,15 @@ def predict_probs(
     if device is not None:
         model.to(device)
     run_device = next(model.parameters()).device
+    if amp_dtype not in (None, torch.bfloat16, torch.float16):
+        raise InputError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
+    if amp_dtype is not None and run_device.type != "cuda":
+        raise InputError(f"amp_dtype={amp_dtype} needs a CUDA device (the model is on {run_device})")
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        autocast = torch.autocast(run_device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        with torch.inference_mode(), autocast:
             total: Tensor | None = None
             for scale in scales:
                 if base is None:
