@@ -253,7 +253,10 @@ def convert_checkpoint(
     model.eval()
     extra = {"converted_from": src.name, "source": source}
     path = save_model(model, dst, extra=extra) if dst else None
-    return ConversionResult(model, report, path, source, list(imported.notes))
+    notes = list(imported.notes)
+    if imported.dropped:
+        notes.append(f"not imported (not part of the network): {', '.join(imported.dropped)}")
+    return ConversionResult(model, report, path, source, notes)
 
 
 def load_init_weights(model: PSPNet, path: str | os.PathLike[str]) -> LoadReport:

@@ -80,9 +80,12 @@ def create_model(
         name: a name from :func:`list_models`.
         num_classes: output classes. Dataset presets fix it (a different value raises, naming
             both); generic presets default to 21.
-        backbone_weights: an ImageNet ResNet checkpoint (the authors' ``resnet50_v2.pth`` for the
-            deep stem, torchvision's for ``stem="classic"``) loaded into the backbone; the PPM and
-            heads keep their fresh initialisation. See :func:`pspnet.io.backbone.load_backbone_weights`.
+        backbone_weights: an ImageNet ResNet checkpoint loaded into the backbone, its source
+            detected from its keys: the authors' ``resnet50_v2.pth`` (deep stem), torchvision's
+            (``stem="classic"``), timm ``resnet50d`` (``stem_width=32, avg_down=True``) or OpenMMLab
+            ``resnet50_v1c`` (``stem_width=32``); a model that does not fit the file is refused
+            with the overrides to pass. The PPM and heads keep their fresh initialisation. See
+            :func:`pspnet.io.backbone.load_backbone_weights`.
         **overrides: any :class:`PSPNetConfig` field, e.g. ``bins=(1, 2)``, ``pooling="max"``,
             ``use_ppm=False``, ``output_stride=16``: the paper's ablations are arguments.
 
