@@ -37,8 +37,11 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("b1236_avg", {"pooling": "avg", "reduction": False}, 0.4, 41.07),
     Ablation("b1236_max_dr", {"pooling": "max", "reduction": True}, 0.4, 40.87),
     Ablation("b1236_avg_dr", {"pooling": "avg", "reduction": True}, 0.4, 41.68),
+    Ablation("refine", {"decoder": "refine"}, 0.4, None),
 )
-"""Paper (ADE20K val, ResNet-50): aux weight study on the FCN baseline, then Table 1's pooling rows."""
+"""Paper (ADE20K val, ResNet-50): aux weight study on the FCN baseline, then Table 1's pooling rows.
+``refine`` is not in the paper: the default model plus the learned 1/4-resolution decoder
+(:mod:`pspnet.models.decoder`, docs/decoder.md)."""
 
 
 @dataclass

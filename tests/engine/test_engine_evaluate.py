@@ -16,7 +16,7 @@ from pspnet import create_model
 from pspnet.data.info import DatasetInfo, default_palette
 from pspnet.engine.evaluate import EvalResult, evaluate
 from pspnet.engine.inference import predict_probs
-from pspnet.errors import InputError
+from pspnet.errors import DataError, InputError
 
 NAMES = ("sky", "road", "boat", "car")
 
@@ -100,6 +100,34 @@ def test_unlabelled_images_are_skipped_and_limit_stops_early(model: torch.nn.Mod
     dataset.loaded.clear()
     limited = evaluate(model, dataset, progress=False, limit=1)
     assert dataset.loaded == [0] and limited.num_images == 1
+
+
+def test_boundary_f_is_one_when_the_mask_is_the_prediction_and_off_by_default(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(48, 64), (40, 40)], seed=5)
+    preds = [predict_probs(model, image).argmax(0).numpy() for image, _ in dataset.items]
+    dataset.items = [
+        (image, pred.astype(np.int64)) for (image, _), pred in zip(dataset.items, preds, strict=True)
+    ]
+    assert evaluate(model, dataset, progress=False).boundary is None
+    result = evaluate(model, dataset, progress=False, boundary=True)
+    assert result.boundary is not None
+    edged = [bool(np.any(p[:, 1:] != p[:, :-1]) or np.any(p[1:] != p[:-1])) for p in preds]
+    assert any(edged) and sum(result.boundary.present) >= 2
+    assert all(
+        f == 1.0 for f, present in zip(result.boundary.f, result.boundary.present, strict=True) if present
+    )
+    assert result.boundary.mean_f == 1.0
+    assert "boundary" in result.to_dict() and "BndF" in result.format_table()
+    # shift every mask by 4 px (tolerance at these sizes: 1 px): edges no longer line up
+    dataset.items = [(image, np.roll(mask, 4, axis=1)) for image, mask in dataset.items]
+    shifted = evaluate(model, dataset, progress=False, boundary=True).boundary
+    assert shifted is not None and shifted.mean_f < 1.0
+
+
+def test_an_image_the_network_refuses_is_a_data_error_naming_the_sample(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(20, 20), (5, 30)], seed=6)
+    with pytest.raises(DataError, match=r"^sample 1: .*--mode slide pads small images"):
+        evaluate(model, dataset, mode="whole", progress=False)
 
 
 def test_class_count_mismatch_is_an_input_error(model: torch.nn.Module) -> None:

@@ -179,12 +179,6 @@ def test_tiny_images_in_evaluate_slide_are_scored_whole(model: torch.nn.Module, 
     np.testing.assert_array_equal(result.confusion[1], expected)  # every pixel is class 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="engine/evaluate.py (not this helper's) lets the network's ValueError through without the "
-    "file name; fix: pad to the model minimum in inference._whole, or re-raise naming the sample",
-)
 def test_tiny_images_in_evaluate_whole_are_named_or_scored(model: torch.nn.Module, tmp_path: Path) -> None:
     dataset = open_dataset(_tiny_folder(tmp_path / "data"), num_classes=3)
     try:

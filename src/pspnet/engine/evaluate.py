@@ -4,7 +4,8 @@
 ``dataset.load_raw(i) -> (RGB uint8 image, int64 train-id mask)``: no DataLoader, no transform,
 because the protocol works on full-size raw images one at a time (the batching happens inside,
 across sliding windows). Under ``torch.distributed`` each rank takes images ``rank::world`` and the
-confusion matrices are summed, so every rank returns the same result.
+confusion matrices are summed, so every rank returns the same result. ``boundary=True`` also
+scores object edges (:mod:`pspnet.engine.boundary`), which mIoU barely sees.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pspnet.engine.boundary import BoundaryFScore, BoundaryMetrics
 from pspnet.engine.inference import INFERENCE_MODES, predict_probs
 from pspnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
-from pspnet.errors import InputError
+from pspnet.errors import DataError, InputError
 
 __all__ = ["EvalDataset", "EvalResult", "evaluate"]
 
@@ -46,6 +48,7 @@ class EvalResult:
     class_names: list[str]
     settings: dict[str, Any] = field(default_factory=dict)
     num_images: int = 0
+    boundary: BoundaryMetrics | None = None
 
     def summary(self) -> str:
         m = self.metrics
@@ -56,28 +59,39 @@ class EvalResult:
         )
 
     def format_table(self) -> str:
-        """Per-class IoU / accuracy / Dice (percent) and the summary lines, ready to print."""
+        """Per-class IoU / accuracy / Dice (percent), boundary F if scored, and the summary lines."""
         width = max([len("class"), *(len(n) for n in self.class_names)])
-        lines = [f"{'id':>4}  {'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'Dice':>6}"]
+        b = self.boundary
+        header = f"{'id':>4}  {'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'Dice':>6}"
+        lines = [header + (f"  {'BndF':>6}" if b is not None else "")]
         m = self.metrics
         for i, name in enumerate(self.class_names):
             if m.present[i]:
                 scores = f"{100 * m.iou[i]:6.2f}  {100 * m.acc[i]:6.2f}  {100 * m.dice[i]:6.2f}"
+                if b is not None:
+                    scores += f"  {100 * b.f[i]:6.2f}" if b.present[i] else f"  {'-':>6}"
                 lines.append(f"{i:>4}  {name:<{width}}  {scores}")
             else:
                 lines.append(f"{i:>4}  {name:<{width}}  {'absent (not in ground truth or prediction)':>22}")
         lines.append("")
         lines.append(f"{self.num_images} images, {m.labelled_pixels} labelled pixels")
         lines.append(self.summary())
+        if b is not None:
+            lines.append(
+                f"boundary F {100 * b.mean_f:.2f} over {sum(b.present)} classes (tolerance {b.tolerance})"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "metrics": self.metrics.to_dict(self.class_names),
             "settings": self.settings,
             "num_images": self.num_images,
             "confusion": self.confusion.astype(np.int64).tolist(),
         }
+        if self.boundary is not None:
+            out["boundary"] = self.boundary.to_dict(self.class_names)
+        return out
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write every number and the settings as JSON (atomically)."""
@@ -117,6 +131,7 @@ def evaluate(
     distributed: bool | None = None,
     batch_size: int = 4,
     limit: int | None = None,
+    boundary: bool = False,
 ) -> EvalResult:
     """Score ``model`` on ``dataset`` with the authors' protocol; metrics over the whole dataset.
 
@@ -132,9 +147,12 @@ def evaluate(
         progress: show a tqdm progress bar (rank 0 only).
         distributed: None = shard over ranks when torch.distributed is initialised; False = never.
         limit: evaluate only the first ``limit`` images (quick checks).
+        boundary: also compute the boundary F-score (:class:`pspnet.engine.boundary.BoundaryFScore`,
+            default tolerance) into ``EvalResult.boundary``; costs a CPU pass per image and class.
 
     Raises:
         InputError: the model's class count differs from the dataset's, or bad settings.
+        DataError: an image the network cannot take (e.g. smaller than 8x8 in whole mode), named.
     """
     info = dataset.info
     num_classes = int(getattr(model, "num_classes", info.num_classes))
@@ -157,6 +175,7 @@ def evaluate(
     rank, world = _rank_and_world(distributed)
     indices = range(rank, total, world)
     confusion = ConfusionMatrix(num_classes, info.ignore_index, device=run_device)
+    edges = BoundaryFScore(num_classes, info.ignore_index) if boundary else None
     iterator: Any = indices
     if progress and rank == 0:
         from tqdm import tqdm
@@ -167,22 +186,33 @@ def evaluate(
         image, mask = dataset.load_raw(index)
         if mask is None:
             continue
-        probs = predict_probs(
-            model,
-            image,
-            mode=mode,
-            crop_size=crop_size,
-            stride_rate=stride_rate,
-            scales=scales,
-            base_size=base_size,
-            flip=flip,
-            batch_size=batch_size,
-            to_cpu=False,
-        )
+        try:
+            probs = predict_probs(
+                model,
+                image,
+                mode=mode,
+                crop_size=crop_size,
+                stride_rate=stride_rate,
+                scales=scales,
+                base_size=base_size,
+                flip=flip,
+                batch_size=batch_size,
+                to_cpu=False,
+            )
+        except DataError:
+            raise
+        except ValueError as exc:  # the network refuses this image (e.g. smaller than 8x8)
+            raise DataError(f"{_sample_name(dataset, index)}: {exc}; --mode slide pads small images") from exc
         pred = probs.argmax(dim=0)
         confusion.update(pred, torch.from_numpy(np.ascontiguousarray(mask)).to(run_device))
+        if edges is not None:
+            edges.update(pred.cpu().numpy(), mask)
         scored += 1
     confusion.all_reduce()
+    if edges is not None and world > 1:
+        counts = torch.from_numpy(edges.counts).to(run_device)
+        torch.distributed.all_reduce(counts)
+        edges.counts = counts.cpu().numpy()
     if world > 1:
         count = torch.tensor([scored], dtype=torch.int64, device=run_device)
         torch.distributed.all_reduce(count)
@@ -200,6 +230,7 @@ def evaluate(
         "ignore_index": info.ignore_index,
         "limit": limit,
         "world_size": world,
+        "boundary": boundary,
     }
     return EvalResult(
         metrics=metrics_from_confusion(matrix),
@@ -207,4 +238,14 @@ def evaluate(
         class_names=list(info.class_names),
         settings=settings,
         num_images=scored,
+        boundary=edges.compute() if edges is not None else None,
     )
+
+
+def _sample_name(dataset: EvalDataset, index: int) -> str:
+    """The file behind sample ``index`` when the dataset lists its samples, else ``sample <index>``."""
+    samples = getattr(dataset, "samples", None)
+    try:
+        return str(samples[index].image)  # type: ignore[index]
+    except (TypeError, IndexError, AttributeError, KeyError):
+        return f"sample {index}"
