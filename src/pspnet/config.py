@@ -120,6 +120,9 @@ class OptimSection:
             ``off`` = fp32; ``bf16`` / ``fp16`` force a type (CUDA only).
         channels_last: NHWC memory format (faster convolutions on tensor cores).
         sync_bn: SyncBatchNorm across ranks on CUDA DDP (the authors' setting).
+        compile: ``torch.compile`` the model for training (opt-in: the first iterations compile
+            for a minute or two; docs/performance.md has the measured gain). Checkpoints keep
+            the plain key names, and a run may be resumed with it on or off.
     """
 
     base_lr: float = 0.01
@@ -135,6 +138,7 @@ class OptimSection:
     amp: AmpMode = "auto"
     channels_last: bool = False
     sync_bn: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -219,10 +223,12 @@ class TrainConfig:
             data.pop(key)
         model = dataclasses.asdict(self.model)
         model.pop("init_weights")  # only the very first iteration reads it
+        optim = dataclasses.asdict(self.optim)
+        optim.pop("compile")  # the same computation, compiled or not
         return {
             "model": model,
             "data": data,
-            "optim": dataclasses.asdict(self.optim),
+            "optim": optim,
             "seed": self.seed,
             "deterministic": self.deterministic,
         }

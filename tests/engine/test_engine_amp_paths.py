@@ -62,3 +62,33 @@ def test_channels_last_training_matches_contiguous(tmp_path: Path) -> None:
         runs.append(load_model(engine.train(load_config(None, overrides), TinyDataset(n=8)).model_path))
     for (key, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=key)
+
+
+def test_compiled_training_keeps_key_names_matches_eager_and_resumes_uncompiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``optim.compile`` compiles the model in place; TorchDynamo's eager backend stands in for
+    inductor here (no C++ compile on CI), so the numbers must equal the uncompiled run."""
+    compiled: list[torch.nn.Module] = []
+    original = torch.nn.Module.compile
+
+    def compile_eager(self: torch.nn.Module, *args, **kwargs) -> None:
+        compiled.append(self)
+        original(self, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eager)
+    run = {"optim.iterations": 2, "output.checkpoint_interval": 1}
+    plain = engine.train(load_config(None, tiny_overrides(tmp_path / "plain", **run)), TinyDataset(n=8))
+    assert not compiled
+    run_c = {**run, "optim.compile": True}
+    fast = engine.train(load_config(None, tiny_overrides(tmp_path / "fast", **run_c)), TinyDataset(n=8))
+    assert len(compiled) == 1
+    a, b = load_model(plain.model_path).state_dict(), load_model(fast.model_path).state_dict()
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    # a finished compiled run resumes without compile: compile is not part of the run's fingerprint
+    again = engine.train(
+        load_config(None, [*tiny_overrides(tmp_path / "fast", **run), "resume=true"]), TinyDataset(n=8)
+    )
+    assert again.history == []

@@ -241,3 +241,10 @@ def test_eval_command_on_a_folder_dataset(tmp_path: Path, capsys: pytest.Capture
 
     assert main([*argv, "--limit", "1", "--no-progress"]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
+
+    capsys.readouterr()
+    assert main([*argv, "--device", "cpu", "--no-progress", "--boundary"]) == 0
+    assert "BndF" in capsys.readouterr().out
+    assert "boundary" in json.loads((out / "metrics.json").read_text())
+    assert main([*argv, "--device", "cpu", "--no-progress", "--amp", "bf16"]) == 2  # autocast: CUDA only
+    assert "--amp bf16 needs a CUDA device" in capsys.readouterr().err

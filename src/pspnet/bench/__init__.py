@@ -68,8 +68,10 @@ def run_benchmark(
     warmup: int = 2,
     repeats: int = 5,
     train: bool = False,
+    train_compile: bool = False,
     loader: bool = False,
     slide: bool = False,
+    slide_flip: bool = False,
     loader_workers: int | None = None,
     json_path: str | os.PathLike[str] | None = None,
     model: nn.Module | None = None,
@@ -87,8 +89,12 @@ def run_benchmark(
         warmup: untimed calls per variant (the first one's time is reported as ``first_call_s``).
         repeats: timed calls per variant; median and p10/p90 are reported.
         train: also time SGD training steps (batch >= 2) at the first size.
+        train_compile: with ``train``, also the step with the model compiled (``optim.compile``).
         loader: also time the training data loader on generated images of the first size.
-        slide: also time sliding-window evaluation of one 1024x2048 image (crop 713, stride 2/3).
+        slide: also time sliding-window evaluation of one 1024x2048 image (crop 713, stride 2/3):
+            one cold call on CPU; on CUDA after a warm-up, fp32, bf16 + channels-last and the
+            same with CUDA graphs. ``batch`` crops per forward (at least 2).
+        slide_flip: the sliding-window run also averages the flipped image (authors' ``--flip``).
         loader_workers: loader worker processes (default: min(4, CPU count)).
         json_path: write the report there as JSON.
         model: benchmark this model instead of building ``preset``.
@@ -133,12 +139,23 @@ def run_benchmark(
     for size in sizes:
         report.variants += bench_size(model, variants, device, size, batch, warmup, repeats, peaks, notes)
     if train:
-        report.train = bench_train(model, device, sizes[0], batch, warmup, repeats)
+        report.train = bench_train(
+            model, device, sizes[0], batch, warmup, repeats, compile_step=train_compile
+        )
     if loader:
         workers = loader_workers if loader_workers is not None else min(4, os.cpu_count() or 1)
         report.loader = bench_loader(report.num_classes, sizes[0], batch, workers, notes)
     if slide:
-        report.slide = bench_slide(model, device, max(batch, 1), notes)
+        cuda = device.type == "cuda"
+        report.slide = bench_slide(
+            model,
+            device,
+            max(batch, 2),
+            notes,
+            flip=slide_flip,
+            warmup=1 if cuda else 0,
+            repeats=min(repeats, 3) if cuda else 1,
+        )
     if json_path is not None:
         report.write_json(json_path)
     return report

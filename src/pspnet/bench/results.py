@@ -48,6 +48,7 @@ class TrainResult:
     images_per_s: float
     speedup_vs_fp32: float
     peak_memory_mb: float
+    first_step_s: float = 0.0
 
 
 @dataclass
@@ -72,6 +73,9 @@ class SlideResult:
     seconds: float
     peak_memory_mb: float
     memory_kind: str
+    name: str = "slide_fp32"
+    flip: bool = False
+    speedup_vs_fp32: float = 1.0
 
 
 @dataclass
@@ -90,7 +94,7 @@ class BenchReport:
     variants: list[VariantResult] = field(default_factory=list)
     train: list[TrainResult] = field(default_factory=list)
     loader: LoaderResult | None = None
-    slide: SlideResult | None = None
+    slide: list[SlideResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +129,7 @@ def format_report(report: BenchReport) -> str:
             f"{f'{t.step_ms_median:.1f} ({t.step_ms_p10:.1f}-{t.step_ms_p90:.1f})':>28}"
             f"{t.images_per_s:>9.2f}{t.speedup_vs_fp32:>8.2f}x  (vs train_fp32)  "
             f"mem {t.peak_memory_mb:.0f} MB"
+            + (f", first step {t.first_step_s:.1f} s" if t.first_step_s > 1 else "")
         )
     if report.loader is not None:
         lo = report.loader
@@ -132,12 +137,12 @@ def format_report(report: BenchReport) -> str:
             f"loader: {lo.images_per_s:.1f} images/s ({lo.image_size[0]}x{lo.image_size[1]} -> crop "
             f"{lo.crop_size}, batch {lo.batch}, {lo.num_workers} workers)"
         )
-    if report.slide is not None:
-        s = report.slide
+    for s in report.slide:
         lines.append(
-            f"slide: {s.seconds:.2f} s for one {s.image_size[0]}x{s.image_size[1]} image "
-            f"(crop {s.crop_size}, "
-            f"stride {s.stride_rate:.3f}), peak memory {s.peak_memory_mb:.0f} MB ({s.memory_kind})"
+            f"{s.name}: {s.seconds:.3f} s per {s.image_size[0]}x{s.image_size[1]} image "
+            f"(crop {s.crop_size}, stride {s.stride_rate:.3f}, {'flip, ' if s.flip else ''}"
+            f"{s.windows_batch} crops per forward), {s.speedup_vs_fp32:.2f}x vs slide_fp32, "
+            f"peak memory {s.peak_memory_mb:.0f} MB ({s.memory_kind})"
         )
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)

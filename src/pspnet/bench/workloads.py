@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pspnet.bench.measure import peak_memory_mb, quantile, reset_peak_memory, sync, time_calls
@@ -20,25 +19,51 @@ from pspnet.bench.results import LoaderResult, SlideResult, TrainResult
 __all__ = ["bench_loader", "bench_slide", "bench_train"]
 
 
-def bench_train(
-    model: nn.Module, device: torch.device, size: tuple[int, int], batch: int, warmup: int, repeats: int
-) -> list[TrainResult]:
-    """Images/s of one SGD step: fp32, plus bf16 autocast + channels-last on CUDA."""
-    batch = max(batch, 2)  # BatchNorm on the 1x1 pyramid bin needs two samples in training
-    modes = [("train_fp32", None, False)]
+def _train_modes(
+    device: torch.device, compile_step: bool
+) -> list[tuple[str, torch.dtype | None, bool, bool]]:
+    """``(name, autocast dtype, channels_last, compiled)`` per training mode measured on ``device``."""
+    modes = [("train_fp32", None, False, False)]
     if device.type == "cuda":
-        modes.append(("train_bf16_cl", torch.bfloat16, True))
+        modes.append(("train_bf16_cl", torch.bfloat16, True, False))
+        if compile_step:
+            modes.append(("train_bf16_cl_compile", torch.bfloat16, True, True))
+    elif compile_step:
+        modes.append(("train_fp32_compile", None, False, True))
+    return modes
+
+
+def bench_train(
+    model: nn.Module,
+    device: torch.device,
+    size: tuple[int, int],
+    batch: int,
+    warmup: int,
+    repeats: int,
+    compile_step: bool = False,
+) -> list[TrainResult]:
+    """Images/s of one step of ``pspnet train``'s recipe: fp32, bf16 autocast + channels-last on CUDA.
+
+    The step is the engine's (two-group SGD, cross-entropy + 0.4 x aux loss in float32), so the
+    figures are what training gets. ``compile_step`` adds the same step with the model compiled
+    (``optim.compile``); its compile time is in ``first_step_s``.
+    """
+    from pspnet.engine.optim import build_optimizer, segmentation_loss
+
+    batch = max(batch, 2)  # BatchNorm on the 1x1 pyramid bin needs two samples in training
     generator = torch.Generator().manual_seed(0)
     x_cpu = torch.randn(batch, 3, *size, generator=generator)
     target_cpu = torch.randint(0, model.num_classes, (batch, *size), generator=generator)
     results: list[TrainResult] = []
-    for name, amp_dtype, channels_last in modes:
+    for name, amp_dtype, channels_last, compiled in _train_modes(device, compile_step):
         net = copy.deepcopy(model).to(device).train()
         x, target = x_cpu.to(device), target_cpu.to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        optimizer = build_optimizer(net, 0.01)
+        if compiled:
+            net.compile()
 
         def step(
             net: nn.Module = net,
@@ -50,14 +75,12 @@ def bench_train(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = net(x)
-                loss = F.cross_entropy(outputs["out"].float(), target, ignore_index=255)
-                if "aux" in outputs:
-                    loss = loss + 0.4 * F.cross_entropy(outputs["aux"].float(), target, ignore_index=255)
+            loss, _, _ = segmentation_loss(outputs, target, aux_weight=0.4)
             loss.backward()
             optimizer.step()
 
         reset_peak_memory(device)
-        times, _ = time_calls(step, device, warmup, repeats)
+        times, first = time_calls(step, device, warmup, repeats)
         memory, _ = peak_memory_mb(device)
         median = statistics.median(times)
         baseline = results[0].step_ms_median / 1e3 if results else median
@@ -72,6 +95,7 @@ def bench_train(
                 images_per_s=batch / median,
                 speedup_vs_fp32=baseline / median,
                 peak_memory_mb=memory,
+                first_step_s=first,
             )
         )
         del net, optimizer
@@ -113,18 +137,90 @@ def bench_loader(
     return LoaderResult(rate, batch, num_workers, size, crop)
 
 
-def bench_slide(model: nn.Module, device: torch.device, batch: int, notes: list[str]) -> SlideResult | None:
+def _slide_modes(device: torch.device) -> list[tuple[str, torch.dtype | None, bool, bool]]:
+    """``(name, autocast dtype, channels_last, CUDA graphs)`` per sliding-window mode on ``device``."""
+    if device.type != "cuda":
+        return [("slide_fp32", None, False, False)]
+    return [
+        ("slide_fp32", None, False, False),
+        ("slide_bf16_cl", torch.bfloat16, True, False),
+        ("slide_bf16_cl_graphs", torch.bfloat16, True, True),
+    ]
+
+
+def bench_slide(
+    model: nn.Module,
+    device: torch.device,
+    batch: int,
+    notes: list[str],
+    *,
+    flip: bool = False,
+    warmup: int = 0,
+    repeats: int = 1,
+) -> list[SlideResult]:
+    """Seconds per 1024x2048 image of the authors' sliding-window protocol (crop 713, stride 2/3).
+
+    On CUDA also bf16 autocast + channels-last, and the same with each fixed crop batch replayed as
+    a captured CUDA graph (:class:`pspnet.fastpath.CudaGraphModel`); ``windows_batch`` counts the
+    crops per forward (flips included).
+    """
     try:
         from pspnet.engine.inference import predict_probs
+        from pspnet.fastpath import CudaGraphModel
     except ImportError as exc:
         notes.append(f"slide: skipped, pspnet.engine.inference not available ({exc})")
-        return None
+        return []
     image = np.random.default_rng(0).integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
-    net = copy.deepcopy(model).to(device).eval()
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    predict_probs(net, image, mode="slide", crop_size=713, stride_rate=2 / 3, device=device, batch_size=batch)
-    sync(device)
-    seconds = time.perf_counter() - start
-    memory, kind = peak_memory_mb(device)
-    return SlideResult((1024, 2048), 713, 2 / 3, batch, seconds, memory, kind)
+    results: list[SlideResult] = []
+    for name, amp_dtype, channels_last, graphs in _slide_modes(device):
+        net: nn.Module = copy.deepcopy(model).to(device).eval()
+        if graphs:
+            net = CudaGraphModel(net, amp_dtype=amp_dtype, channels_last=channels_last)
+        elif channels_last:
+            net = net.to(memory_format=torch.channels_last)
+
+        def call(
+            net: nn.Module = net, amp_dtype: torch.dtype | None = amp_dtype, graphs: bool = graphs
+        ) -> None:
+            predict_probs(
+                net,
+                image,
+                mode="slide",
+                crop_size=713,
+                stride_rate=2 / 3,
+                flip=flip,
+                device=device,
+                batch_size=batch,
+                to_cpu=False,
+                amp_dtype=None if graphs else amp_dtype,  # the graph wrapper applies its own autocast
+            )
+
+        reset_peak_memory(device)
+        if warmup:
+            times, _ = time_calls(call, device, warmup, repeats)
+        else:  # one cold call: slide eval of a big model on a CPU takes minutes
+            start = time.perf_counter()
+            call()
+            sync(device)
+            times = [time.perf_counter() - start]
+        memory, kind = peak_memory_mb(device)
+        seconds = statistics.median(times)
+        baseline = results[0].seconds if results else seconds
+        results.append(
+            SlideResult(
+                (1024, 2048),
+                713,
+                2 / 3,
+                batch,
+                seconds,
+                memory,
+                kind,
+                name=name,
+                flip=flip,
+                speedup_vs_fp32=baseline / seconds,
+            )
+        )
+        del net
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results

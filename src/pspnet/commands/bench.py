@@ -48,8 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loader-workers", type=int, default=None, help="loader workers (default min(4, CPUs))"
     )
     parser.add_argument(
-        "--slide", action="store_true", help="also time sliding-window eval of a 1024x2048 image"
+        "--train-compile", action="store_true", help="with --train: also the step with the model compiled"
     )
+    parser.add_argument(
+        "--slide",
+        action="store_true",
+        help="also time sliding-window eval of a 1024x2048 image (crop 713; --batch crops per forward)",
+    )
+    parser.add_argument("--slide-flip", action="store_true", help="the sliding-window run also flips")
     parser.add_argument(
         "--compile", action="store_true", help="add the torch.compile variant (slow to start)"
     )
@@ -80,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         train=args.train,
         loader=args.loader,
+        train_compile=args.train_compile,
         slide=args.slide,
+        slide_flip=args.slide_flip,
         loader_workers=args.loader_workers,
         json_path=args.json,
     )

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from pspnet.commands._options import add_amp_argument, resolve_amp_argument
+
 NAME = "eval"
 HELP = "evaluate a model (mIoU, mAcc, allAcc): whole image, sliding window, multi-scale + flip"
 DESCRIPTION = (
@@ -58,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and confusion.png here")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument(
+        "--boundary",
+        action="store_true",
+        help="also score object edges: per-class boundary F-score (docs/decoder.md)",
+    )
+    add_amp_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -70,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.models.stride import at_output_stride
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    amp_dtype = resolve_amp_argument(args.amp, device)
     model = open_model(args.model, map_location=device)
     if args.output_stride is not None:
         model = at_output_stride(model, args.output_stride, args.model)
@@ -95,10 +104,14 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         batch_size=args.batch_size,
         limit=args.limit,
+        boundary=args.boundary,
+        amp_dtype=amp_dtype,
     )
     result.settings["model"] = str(args.model)
     result.settings["data"] = str(args.data)
     result.settings["split"] = args.split
+    if amp_dtype is not None:
+        result.settings["amp"] = args.amp
     if args.output_stride is not None:
         result.settings["output_stride"] = args.output_stride
     print(result.format_table())

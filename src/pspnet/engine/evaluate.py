@@ -132,6 +132,7 @@ def evaluate(
     batch_size: int = 4,
     limit: int | None = None,
     boundary: bool = False,
+    amp_dtype: torch.dtype | None = None,
 ) -> EvalResult:
     """Score ``model`` on ``dataset`` with the authors' protocol; metrics over the whole dataset.
 
@@ -149,6 +150,7 @@ def evaluate(
         limit: evaluate only the first ``limit`` images (quick checks).
         boundary: also compute the boundary F-score (:class:`pspnet.engine.boundary.BoundaryFScore`,
             default tolerance) into ``EvalResult.boundary``; costs a CPU pass per image and class.
+        amp_dtype: bf16/fp16 autocast of the network on CUDA (``predict_probs``); None = fp32.
 
     Raises:
         InputError: the model's class count differs from the dataset's, or bad settings.
@@ -198,6 +200,7 @@ def evaluate(
                 flip=flip,
                 batch_size=batch_size,
                 to_cpu=False,
+                amp_dtype=amp_dtype,
             )
         except DataError:
             raise

@@ -213,6 +213,8 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         model.to(memory_format=torch.channels_last)
     if ctx.enabled and device.type == "cuda" and o.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if o.compile:
+        model.compile()  # in place: the state dict keeps its key names (no ``_orig_mod.``)
     optimizer = build_optimizer(
         model, o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay, head_lr_mult=o.head_lr_mult
     )
@@ -418,6 +420,8 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
                     "images_per_s": speed,
                     "time": now - run_start,
                 }
+                if device.type == "cuda":  # this rank's peak so far: what to size the batch by
+                    entry["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                 logger.log(entry)
                 bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 window_start, window_losses, window_aux, window_steps = now, [], [], 0

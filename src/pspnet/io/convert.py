@@ -183,11 +183,27 @@ def read_semseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
     return ImportedWeights(infer_semseg_config(state, bins), semseg_to_pspnet(state), PYTORCH_PREPROCESS)
 
 
+def _looks_like_caffemodel(path: Path) -> bool:
+    """A NetParameter starts with field 1 (name, ``0x0a``) or 100 (layer, ``0xa2 0x06``); torch
+    files are zip (``PK``) or pickle (``0x80``) archives."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head[:1] == b"\x0a" or head == b"\xa2\x06"
+
+
 def detect_source(path: str | os.PathLike[str]) -> str:
     """Guess the source of a weights file: ``.caffemodel`` by name, torch files by their keys."""
     path = Path(path)
     if path.suffix.lower() == ".caffemodel":
         return "caffe"
+    if _looks_like_caffemodel(path):
+        raise InputError(
+            f"{path}: looks like a Caffe model (a protobuf NetParameter), not a torch file; pass "
+            "--source caffe or rename it to .caffemodel"
+        )
     keys = unwrap_state_dict(read_torch_file(path), str(path)).keys()
     if any(k.startswith("decode_head.") for k in keys):
         return "mmseg"
@@ -259,6 +275,28 @@ def convert_checkpoint(
     return ConversionResult(model, report, path, source, notes)
 
 
+# settings that change what the weights compute without changing any tensor's name or shape
+_TENSORLESS_FIELDS = ("stride_in_1x1", "align_corners", "contract_dilation", "output_stride")
+
+
+def _refuse_tensorless_differences(path: Path, source: PSPNet, model: PSPNet) -> None:
+    """Weights loaded into a model that would compute something else with them are refused, named."""
+    diffs = {
+        f: getattr(source.config, f)
+        for f in _TENSORLESS_FIELDS
+        if getattr(source.config, f) != getattr(model.config, f)
+    }
+    if diffs:
+        sets = " ".join(f"--set model.overrides.{k}={str(v).lower()}" for k, v in diffs.items())
+        raise InputError(f"{path}: these weights compute with {diffs}, the model here does not; add {sets}")
+    if source.preprocess != model.preprocess:
+        raise InputError(
+            f"{path}: these weights expect input normalised as {source.preprocess}, but training feeds "
+            f"{model.preprocess}; fine-tune from the hszhao/semseg release or an ImageNet backbone instead "
+            "(docs/convert.md)"
+        )
+
+
 def load_init_weights(model: PSPNet, path: str | os.PathLike[str]) -> LoadReport:
     """Start training from saved weights: ours (``.safetensors``) or any released checkpoint.
 
@@ -280,7 +318,9 @@ def load_init_weights(model: PSPNet, path: str | os.PathLike[str]) -> LoadReport
         except (SafetensorError, OSError) as exc:
             raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
     else:
-        state = convert_checkpoint(path).model.state_dict()
+        source = convert_checkpoint(path).model
+        _refuse_tensorless_differences(path, source, model)
+        state = source.state_dict()
     report = load_state_dict_into(model, state, allow_partial=True)
     misfits = [k for k in report.missing if k.startswith("backbone.")]
     misfits += [k for k, _, _ in report.mismatched if k.startswith("backbone.")]

@@ -10,8 +10,9 @@ exactly what the bilinear model computes until the decoder is trained.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pspnet.models.ops import resize_bilinear
 
 __all__ = ["DECODER_TYPES", "RefineDecoder"]
 
@@ -63,5 +64,5 @@ class RefineDecoder(nn.Module):
         nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, logits: Tensor, low: Tensor) -> Tensor:
-        up = F.interpolate(logits, low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        up = resize_bilinear(logits, low.shape[-2:], self.align_corners)
         return self.refine(torch.cat([up, self.project(low)], 1))

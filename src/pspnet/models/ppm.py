@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pspnet.models.ops import average_pyramid, resize_bilinear
 
 __all__ = ["POOLING_TYPES", "PyramidPooling"]
 
@@ -60,9 +61,18 @@ class PyramidPooling(nn.Module):
         )
         self.out_channels = in_channels + branch_channels * len(self.bins)
 
+    def _pool(self, x: Tensor) -> list[Tensor]:
+        """Each branch's pooled grid; on CUDA all average bins from one matmul pair (models/ops.py)."""
+        pools = [branch[0] for branch in self.branches]
+        if all(type(p) is nn.AdaptiveAvgPool2d for p in pools):
+            return average_pyramid(x, self.bins)
+        return [pool(x) for pool in pools]
+
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
         outs = [x]
-        for branch in self.branches:
-            outs.append(F.interpolate(branch(x), size, mode="bilinear", align_corners=self.align_corners))
+        for branch, y in zip(self.branches, self._pool(x), strict=True):
+            for layer in list(branch)[1:]:  # 1x1 conv, BN, ReLU
+                y = layer(y)
+            outs.append(resize_bilinear(y, size, self.align_corners))
         return torch.cat(outs, 1)

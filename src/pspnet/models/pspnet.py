@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pspnet.data.info import DatasetInfo
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.models.decoder import DECODER_TYPES, RefineDecoder
+from pspnet.models.ops import resize_bilinear
 from pspnet.models.ppm import POOLING_TYPES, PyramidPooling
 from pspnet.models.resnet import RESNET_SPECS, STEM_TYPES, ResNetBackbone, stage_dilations
 
@@ -221,4 +221,4 @@ class PSPNet(nn.Module):
         return {"out": out}
 
     def _upsample(self, logits: Tensor, size: Any) -> Tensor:
-        return F.interpolate(logits, size, mode="bilinear", align_corners=self.config.align_corners)
+        return resize_bilinear(logits, size, self.config.align_corners)
