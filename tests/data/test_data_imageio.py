@@ -143,3 +143,25 @@ def test_colour_mask_to_ids_with_unsorted_palette() -> None:
     palette = [(200, 0, 0), (0, 0, 5), (10, 10, 10)]
     mask = np.array([[[0, 0, 5], [200, 0, 0], [10, 10, 10]]], np.uint8)
     np.testing.assert_array_equal(colour_mask_to_ids(mask, palette), [[1, 0, 2]])
+
+
+def test_png_pixels_are_decoded_once_per_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the EXIF orientation of a PNG must not make Pillow decode the pixels as well: the
+    training loader reads two PNGs per sample, and the extra decodes halved its speed."""
+    from PIL import ImageFile
+
+    loads: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def counting_load(self: ImageFile.ImageFile) -> object:
+        if self.tile:  # pixels still to decode (Pillow clears the tiles once decoded)
+            loads.append(self.format or "")
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    Image.fromarray(_pattern()).save(tmp_path / "image.png")
+    Image.fromarray((_pattern()[..., 0] % 7).astype(np.uint8)).save(tmp_path / "mask.png")
+    read_image(tmp_path / "image.png")  # OpenCV decodes the pixels
+    assert loads == []
+    assert read_mask(tmp_path / "mask.png").shape == _pattern().shape[:2]
+    assert loads == ["PNG"]  # Pillow decodes the mask (palette indices) once
