@@ -53,7 +53,9 @@ def test_bench_writes_json_with_expected_fields(tmp_path: Path) -> None:
         assert variant["gflops_per_image"] == pytest.approx(data["variants"][0]["gflops_per_image"])
     assert data["variants"][0]["speedup_vs_eager"] == 1.0
     assert data["train"][0]["name"] == "train_fp32" and data["train"][0]["batch"] == 2
-    assert data["loader"]["images_per_s"] > 0
+    assert data["loader"]["images_per_s"] > 0 and data["loader"]["stepwise_images_per_s"] > 0
+    ratio = data["loader"]["images_per_s"] / data["loader"]["stepwise_images_per_s"]
+    assert data["loader"]["speedup_vs_stepwise"] == pytest.approx(ratio)
     assert report.variants[0].gflops_per_image > 0
 
 

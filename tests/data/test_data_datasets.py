@@ -215,10 +215,36 @@ def test_loader_batches_and_epoch_keyed_shuffle(trees) -> None:
 
 
 def test_loader_workers_see_the_epoch(trees) -> None:
+    """Persistent workers keep their dataset copy; the epoch reaches it through the sampler's keys."""
     ds = open_dataset(trees.folder(), num_classes=3, transform=train_transforms(16))
     loader = build_loader(ds, 3, shuffle=False, num_workers=1, pin_memory=False)
-    set_loader_epoch(loader, 2)
-    with_workers = next(iter(loader))["image"]
-    ds.set_epoch(2)
-    in_process = torch.stack([ds[i]["image"] for i in range(3)])
-    torch.testing.assert_close(with_workers, in_process)
+    assert loader.persistent_workers
+    for epoch in (2, 3, 2):  # the same worker process serves all three epochs
+        set_loader_epoch(loader, epoch)
+        with_workers = next(iter(loader))["image"]
+        ds.set_epoch(epoch)
+        in_process = torch.stack([ds[i]["image"] for i in range(3)])
+        torch.testing.assert_close(with_workers, in_process)
+
+
+class _GlobalRngDataset(torch.utils.data.Dataset):
+    """Returns draws from the worker's global generators, as a user transform might make."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([np.random.random(), float(torch.rand(()))])
+
+
+def test_worker_global_generators_depend_on_epoch_not_worker_age() -> None:
+    """Epoch 1 through a worker that already served epoch 0 draws what a fresh worker draws
+    (a resumed run), and differs from epoch 0."""
+    aged = build_loader(_GlobalRngDataset(), 4, shuffle=False, num_workers=1, seed=5, pin_memory=False)
+    epoch0 = next(iter(aged))
+    set_loader_epoch(aged, 1)
+    epoch1_aged = next(iter(aged))
+    fresh = build_loader(_GlobalRngDataset(), 4, shuffle=False, num_workers=1, seed=5, pin_memory=False)
+    set_loader_epoch(fresh, 1)
+    torch.testing.assert_close(next(iter(fresh)), epoch1_aged)
+    assert not torch.equal(epoch0, epoch1_aged)

@@ -182,6 +182,20 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_persistent_workers_train_like_the_main_process(tmp_path):
+    """Three epochs through 2 persistent worker processes == loading in the main process: the
+    epoch, which keys each sample's flip, reaches the workers' dataset copies."""
+    common = {"optim.iterations": 6, "output.checkpoint_interval": 0}
+    runs = {}
+    for workers in (0, 2):
+        cfg = load_config(
+            None, tiny_overrides(tmp_path / f"w{workers}", **common, **{"data.num_workers": workers})
+        )
+        runs[workers] = load_model(train(cfg, TinyDataset(4)).model_path).state_dict()
+    for name, value in runs[0].items():
+        torch.testing.assert_close(runs[2][name], value, rtol=0, atol=0, msg=name)
+
+
 def test_outputs_logs_checkpoints_and_validation(tmp_path):
     out = tmp_path / "run"
     extra = {

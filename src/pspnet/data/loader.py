@@ -2,39 +2,111 @@
 
 Shuffling always goes through a :class:`~torch.utils.data.DistributedSampler` (one replica when
 not distributed), so the order of epoch ``e`` depends only on ``(seed, e)``: a resumed run sees
-the same order as an uninterrupted one. Call :func:`set_loader_epoch` at the start of each epoch;
-it also forwards the epoch to the dataset, whose augmentation stream is keyed on it. Workers are
-not persistent, so that epoch reaches them (a persistent worker keeps a stale dataset copy).
+the same order as an uninterrupted one. Call :func:`set_loader_epoch` at the start of each epoch.
+
+Workers are persistent: starting a dozen worker processes at every epoch cost a pipeline stall per
+epoch. A persistent worker holds its own copy of the dataset, so the epoch, which keys the
+augmentation stream, travels with each index instead: the sampler yields ``(epoch, index)`` keys
+(:class:`EpochKeyedSampler`) and :class:`EpochKeyedDataset` hands the epoch to its copy (and
+reseeds the worker's global generators from ``(seed, rank, worker, epoch)``) before loading.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from functools import partial
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    SequentialSampler,
+    get_worker_info,
+)
 
 from pspnet.errors import InputError
 
-__all__ = ["build_loader", "measure_loader_throughput", "set_loader_epoch"]
+__all__ = [
+    "EpochKeyedDataset",
+    "EpochKeyedSampler",
+    "build_loader",
+    "measure_loader_throughput",
+    "set_loader_epoch",
+]
 
 
-def _seed_worker(base_seed: int, rank: int, worker_id: int) -> None:
-    """Seed Python, NumPy and torch in a worker from ``(base_seed, rank, worker_id)``.
+def _seed_worker(base_seed: int, rank: int, worker_id: int, epoch: int) -> None:
+    """Seed Python, NumPy and torch in a worker from ``(base_seed, rank, worker_id, epoch)``.
 
     The built-in augmentations do not use these global generators (they get an explicit
-    per-sample generator), but user transforms might; this keeps those reproducible too.
+    per-sample generator), but user transforms might; this keeps those reproducible too,
+    whatever the worker's age.
     """
-    seq = np.random.SeedSequence([base_seed, rank, worker_id])
+    seq = np.random.SeedSequence([base_seed, rank, worker_id, epoch])
     value = int(seq.generate_state(1, dtype=np.uint64)[0] >> 1)
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
+
+
+class EpochKeyedSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` for each index of ``inner``, the epoch being the last ``set_epoch``."""
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner = inner
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, int(index)) for index in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+class EpochKeyedDataset(Dataset):
+    """Loads ``dataset[index]`` for a key ``(epoch, index)``, first moving ``dataset`` to that epoch.
+
+    In a worker process, entering a new epoch also reseeds the global generators (see
+    :func:`_seed_worker`); in the main process they are left alone (the model's dropout uses them).
+    """
+
+    def __init__(self, dataset: Any, seed: int = 0, rank: int = 0) -> None:
+        self.dataset, self.seed, self.rank = dataset, seed, rank
+        self._epoch: int | None = None
+        self._seeded: tuple[int, int] | None = None  # (worker id, epoch); never set in the main process
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._enter(int(epoch))
+
+    def _enter(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            self._epoch = epoch
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+        worker = get_worker_info()
+        if worker is not None and self._seeded != (worker.id, epoch):
+            self._seeded = (worker.id, epoch)
+            _seed_worker(self.seed, self.rank, worker.id, epoch)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        self._enter(epoch)
+        return self.dataset[index]
 
 
 def _distributed_ready() -> bool:
@@ -77,22 +149,24 @@ def build_loader(
         )
     use_dist = _distributed_ready() if distributed is None else distributed
     rank, world = (dist.get_rank(), dist.get_world_size()) if use_dist else (0, 1)
-    sampler = None
     if use_dist or shuffle:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        inner: Sampler[int] = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
+        )
+    else:
+        inner = SequentialSampler(dataset)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
-        dataset,
+        EpochKeyedDataset(dataset, seed, rank),
         batch_size=batch_size,
         shuffle=False,
-        sampler=sampler,
+        sampler=EpochKeyedSampler(inner),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
-        worker_init_fn=partial(_seed_worker, seed, rank) if num_workers > 0 else None,
         generator=generator,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
     )
 
 

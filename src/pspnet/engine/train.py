@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pspnet.config import TrainConfig
+from pspnet.data.loader import EpochKeyedDataset
 from pspnet.engine.distributed import (
     DistContext,
     all_reduce_mean,
@@ -34,7 +35,7 @@ from pspnet.engine.distributed import (
     init_distributed,
 )
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
-from pspnet.engine.sampler import ResumableSampler, seed_worker
+from pspnet.engine.sampler import ResumableSampler
 from pspnet.engine.train_log import TrainLogger
 from pspnet.engine.train_setup import (
     build_model,
@@ -230,15 +231,14 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     sampler = ResumableSampler(train_dataset, ctx.rank, ctx.world_size, config.seed)
     generator = torch.Generator()
     loader = DataLoader(
-        train_dataset,
+        EpochKeyedDataset(train_dataset, config.seed, ctx.rank),
         batch_size=micro,
         sampler=sampler,
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
-        worker_init_fn=seed_worker if config.data.num_workers > 0 else None,
         generator=generator,
-        persistent_workers=False,
+        persistent_workers=config.data.num_workers > 0,  # the epoch travels with each index
     )
     steps_per_epoch = (len(sampler.inner) // micro) // o.accumulate
     if steps_per_epoch < 1:

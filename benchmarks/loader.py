@@ -1,0 +1,89 @@
+"""Per-sample cost of a training sample, fused vs step-by-step augmentation, in the same run.
+
+Generates Cityscapes-size PNG pairs (smooth images, blocky labels), then alternates the two
+pipelines over the same samples and seeds on one OpenCV thread (a loader worker's share of a
+core), printing seconds per sample, the split between reading the files and augmenting, and the
+ratio. Usage: ``python benchmarks/loader.py [--size 1024x2048] [--crop 713] [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pspnet.data.datasets import open_dataset
+from pspnet.data.transforms import train_transforms
+
+
+def _write_pairs(root: Path, count: int, size: tuple[int, int], classes: int = 19) -> None:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    coarse_hw = (size[0] // 16, size[1] // 16)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (*coarse_hw, 3), dtype=np.uint8)
+        image = cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        labels = rng.integers(0, classes, coarse_hw, dtype=np.uint8)
+        mask = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(root / "images" / f"{i:04d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{i:04d}.png"), mask)
+
+
+def _seconds_per_sample(dataset, count: int) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    for i in range(count):
+        dataset[i]
+    return (time.perf_counter() - start) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1024x2048", help="HxW of the generated images")
+    parser.add_argument("--crop", type=int, default=713)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory(prefix="pspnet-loader-") as tmp:
+        root = Path(tmp)
+        _write_pairs(root, args.samples, size)  # type: ignore[arg-type]
+        plain = open_dataset(root, "folder", "train", num_classes=19)
+        sets = {
+            name: open_dataset(
+                root, "folder", "train", transform=train_transforms(args.crop, fused=fused), num_classes=19
+            )
+            for name, fused in (("fused", True), ("stepwise", False))
+        }
+        times: dict[str, list[float]] = {"read": [], "fused": [], "stepwise": []}
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for i in range(args.samples):
+                plain.load_raw(i)
+            times["read"].append((time.perf_counter() - start) / args.samples)
+            for name, dataset in sets.items():
+                times[name].append(_seconds_per_sample(dataset, args.samples))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{size[0]}x{size[1]} -> crop {args.crop}, {args.samples} samples x {args.rounds} rounds, 1 thread")
+    print(f"read + decode + label checks: {med['read'] * 1e3:.1f} ms per sample")
+    for name in ("stepwise", "fused"):
+        spread = f"{min(times[name]) * 1e3:.1f}-{max(times[name]) * 1e3:.1f}"
+        augment = med[name] - med["read"]
+        print(
+            f"{name:9s} {med[name] * 1e3:6.1f} ms per sample ({spread}); "
+            f"augmentation about {augment * 1e3:.1f} ms"
+        )
+    print(
+        f"fused vs stepwise: {med['stepwise'] / med['fused']:.2f}x per sample, "
+        f"{(med['stepwise'] - med['read']) / max(med['fused'] - med['read'], 1e-9):.1f}x augmentation"
+    )
+
+
+if __name__ == "__main__":
+    main()
