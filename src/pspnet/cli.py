@@ -18,7 +18,7 @@ import sys
 from types import ModuleType
 
 from pspnet import __version__
-from pspnet.errors import PSPNetError, StorageError
+from pspnet.errors import PeerLostError, PSPNetError, StorageError
 
 __all__ = ["build_parser", "exit_status", "main", "one_line"]
 
@@ -59,8 +59,8 @@ def _command_modules() -> list[ModuleType]:
 
 
 def exit_status(exc: BaseException) -> int:
-    """2 for a mistake in the input, 1 for a failure of the machine (disk full, I/O error)."""
-    if isinstance(exc, StorageError):
+    """2 for a mistake in the input, 1 for a failure of the machine (disk full, I/O error, a lost rank)."""
+    if isinstance(exc, (StorageError, PeerLostError)):
         return 1
     return 2 if isinstance(exc, _USER_ERRORS) else 1
 

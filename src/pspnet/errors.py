@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "InputError", "PSPNetError", "StorageError", "UnsafeFileError"]
+__all__ = ["DataError", "InputError", "PSPNetError", "PeerLostError", "StorageError", "UnsafeFileError"]
 
 
 class PSPNetError(Exception):
@@ -33,3 +33,12 @@ class StorageError(PSPNetError, OSError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class PeerLostError(PSPNetError, RuntimeError):
+    """Another rank of a distributed job stopped answering (it died, or the network failed).
+
+    torchrun stops the surviving ranks itself and names the dead one; a job started some other way
+    (one process per machine by hand, a cluster scheduler) gets this one-line error on each
+    surviving rank instead of the communication library's traceback.
+    """

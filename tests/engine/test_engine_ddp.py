@@ -142,3 +142,20 @@ def test_a_hung_rank_makes_the_others_exit_with_a_message(tmp_path):
     assert run.returncode != 0
     text = message.read_text()
     assert "rank 0: gave up at the test barrier after 2 s" in text and "another rank died or hangs" in text
+
+
+def test_only_lost_peer_errors_are_rewritten():
+    """Gloo's "peer closed" becomes one line naming the rank; any other RuntimeError keeps its traceback."""
+    from pspnet.cli import exit_status
+    from pspnet.engine.distributed import lost_peer_error
+
+    gloo = RuntimeError(
+        "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+        "[127.0.0.1]:24497. This is typically caused by a remote worker crashing.\nmore detail"
+    )
+    lost = lost_peer_error(gloo, rank=3)
+    assert lost is not None and exit_status(lost) == 1
+    assert str(lost).startswith("rank 3 lost contact with the other ranks (Connection closed by peer")
+    assert "\n" not in str(lost) and "pair.cc" not in str(lost)
+    assert lost_peer_error(torch.distributed.DistBackendError("NCCL error"), rank=0) is not None
+    assert lost_peer_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), rank=0) is None

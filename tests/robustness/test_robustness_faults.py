@@ -384,6 +384,58 @@ def test_a_dying_ddp_rank_ends_the_job_with_the_cause_and_keeps_the_checkpoint(t
     assert not (out / "model.safetensors").exists()
 
 
+_DYING_RANK_BY_HAND = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {here!r})
+from robustness_helpers import TinyScenes
+from pspnet.cli import exit_status, one_line
+from pspnet.config import load_config
+from pspnet.engine.train import train
+kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+die = (4, kill) if os.environ["RANK"] == "1" else None
+try:
+    train(load_config(None, json.loads(sys.argv[1])), TinyScenes(16, die_after=die))
+except Exception as exc:
+    print(type(exc).__name__, exit_status(exc), one_line(exc), sep="|")
+"""
+
+
+@pytest.mark.slow
+def test_a_dying_rank_without_torchrun_is_one_line_on_the_survivor(tmp_path: Path) -> None:
+    """Two processes started by hand (no torchrun to stop them): when rank 1 is SIGKILLed, rank 0
+    ends with a one-line PeerLostError (exit status 1), not gloo's traceback, and does not hang."""
+    script = tmp_path / "dying_rank_by_hand.py"
+    script.write_text(_DYING_RANK_BY_HAND.format(here=str(Path(__file__).resolve().parent)))
+    overrides = train_overrides(tmp_path / "run", **{"optim.batch_size": 4, "dist_timeout_s": 60})
+    port = str(_free_port())
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "WORLD_SIZE": "2",
+    }
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), json.dumps(overrides)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    out0, err0 = ranks[0].communicate(timeout=240)  # a hang fails here
+    ranks[1].wait(timeout=60)
+    assert ranks[1].returncode == -signal.SIGKILL
+    name, status, message = out0.strip().splitlines()[-1].split("|")
+    assert (name, status) == ("PeerLostError", "1"), (out0, err0[-2000:])
+    assert message.startswith("rank 0 lost contact with the other ranks") and "--resume" in message
+
+
 def test_disk_full_while_logging_names_the_metrics_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.viz import overlay, save_confidence_png, save_image, save_label_png
 
     files, missing = expand_inputs(args.inputs)
+    if not files:
+        raise InputError(f"no images found in {' '.join(args.inputs)} (no such file, or no images in it)")
     for item in missing:
         print(f"pspnet predict: {item}: no such file, or no images in it; skipped", file=sys.stderr)
-    if not files:
-        raise InputError(f"no images found in {' '.join(args.inputs)}")
     _check_stems(files)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp_dtype = resolve_amp_argument(args.amp, device)

@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pspnet.errors import PeerLostError
+
 __all__ = [
     "DistContext",
     "all_reduce_mean",
@@ -23,7 +25,18 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "lost_peer_error",
 ]
+
+# What Gloo and NCCL say when the other end of a collective has gone away.
+_PEER_LOST_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker crashing",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "remote process exited",
+)
 
 
 @dataclass(frozen=True)
@@ -113,3 +126,17 @@ def all_reduce_mean(values: list[float], device: torch.device | str = "cpu") -> 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return (tensor / dist.get_world_size()).tolist()
+
+
+def lost_peer_error(exc: BaseException, rank: int) -> PeerLostError | None:
+    """The one-line error for ``exc`` when it means another rank went away, else None."""
+    text = str(exc)
+    if not (isinstance(exc, dist.DistError) or any(marker in text for marker in _PEER_LOST_MARKERS)):
+        return None
+    cause = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if cause.startswith("[") and "] " in cause:  # drop gloo's "[/path/pair.cc:553] " source location
+        cause = cause.split("] ", 1)[1]
+    return PeerLostError(
+        f"rank {rank} lost contact with the other ranks ({cause[:200]}); another rank died or the "
+        "network failed: see that rank's output, then restart every rank with --resume"
+    )

@@ -33,6 +33,7 @@ from pspnet.engine.distributed import (
     barrier,
     cleanup_distributed,
     init_distributed,
+    lost_peer_error,
 )
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
 from pspnet.engine.sampler import ResumableSampler
@@ -163,6 +164,11 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
     )
     try:
         return _train(config, ctx, train_dataset, val_dataset)
+    except RuntimeError as exc:
+        lost = lost_peer_error(exc, ctx.rank) if ctx.enabled else None
+        if lost is not None:
+            raise lost from exc
+        raise
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]

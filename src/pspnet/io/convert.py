@@ -183,15 +183,29 @@ def read_semseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
     return ImportedWeights(infer_semseg_config(state, bins), semseg_to_pspnet(state), PYTORCH_PREPROCESS)
 
 
+# Tags of the NetParameter fields that can follow its name: layer (100), V1 layers (2), input (3),
+# input_dim (4), force_backward (5), state (6), debug_info (7), input_shape (8).
+_NET_TAGS_AFTER_NAME = (b"\xa2\x06", b"\x12", b"\x1a", b"\x20", b"\x28", b"\x32", b"\x38", b"\x42")
+
+
 def _looks_like_caffemodel(path: Path) -> bool:
-    """A NetParameter starts with field 1 (name, ``0x0a``) or 100 (layer, ``0xa2 0x06``); torch
-    files are zip (``PK``) or pickle (``0x80``) archives."""
+    """A NetParameter starts with field 1 (name: ``0x0a``, a short length, printable text, then
+    another NetParameter field) or with field 100 (layer, ``0xa2 0x06``); torch files are zip
+    (``PK``) or pickle (``0x80``) archives, and a text file starting with a newline fails the name
+    check."""
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
+            head = f.read(260)
     except OSError:
         return False
-    return head[:1] == b"\x0a" or head == b"\xa2\x06"
+    if head[:2] == b"\xa2\x06":
+        return True
+    if head[:1] != b"\x0a" or len(head) < 3 or head[1] >= 0x80:  # names longer than 127: not ours
+        return False
+    length = head[1]
+    name, rest = head[2 : 2 + length], head[2 + length :]
+    printable = len(name) == length and all(0x20 <= c < 0x7F for c in name)
+    return printable and rest.startswith(_NET_TAGS_AFTER_NAME)
 
 
 def detect_source(path: str | os.PathLike[str]) -> str:
