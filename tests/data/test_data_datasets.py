@@ -176,6 +176,37 @@ def test_augmentation_seeded_by_seed_epoch_index(trees) -> None:
     torch.testing.assert_close(a[1]["image"], b[1]["image"])
 
 
+@pytest.mark.parametrize("layout", ["voc", "cityscapes", "ade20k", "folder"])
+def test_uint8_mask_path_maps_like_int64(trees, layout: str) -> None:
+    """The table lookup for 8-bit masks (no map, Cityscapes' table, ADE20K's shift) gives the same
+    train ids as the int64 mapping; our transforms get the uint8 mask, a user's transform int64."""
+    root = getattr(trees, layout)()
+    ds = open_dataset(root, num_classes=3) if layout == "folder" else open_dataset(root)
+    assert ds._table8 is not None
+    seen = []
+    user_transform = lambda image, mask, rng: (seen.append(mask.dtype) or image, mask)  # noqa: E731
+    for i in range(len(ds)):
+        compact = ds._load(i)[1]
+        assert compact.dtype == np.uint8
+        expected = ds.map_mask(ds.read_raw_mask(i))
+        np.testing.assert_array_equal(compact, expected)
+        np.testing.assert_array_equal(ds.load_raw(i)[1], expected)
+        assert ds.load_raw(i)[1].dtype == np.int64
+        ds.transform = user_transform
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), expected)
+    assert seen and set(seen) == {np.dtype(np.int64)}
+
+
+def test_out_of_range_labels_through_the_uint8_path(trees) -> None:
+    """__getitem__ with the built-in transforms (uint8 path) refuses the same labels, same message."""
+    root = trees.folder(masks={"a": trees.quadrants((0, 1, 7, 255)), "b": trees.quadrants((0, 1, 2, 200))})
+    ds = open_dataset(root, num_classes=3, transform=train_transforms(16))
+    with pytest.raises(DataError, match=r"a\.png: label values \[7\] outside \[0, 3\)"):
+        ds[0]
+    with pytest.raises(DataError, match=r"b\.png: label values \[200\] outside \[0, 3\)"):
+        ds[1]
+
+
 def test_out_of_range_labels_and_size_mismatch_raise(trees) -> None:
     root = trees.folder(masks={"a": trees.quadrants((0, 1, 7, 255))})
     with pytest.raises(DataError, match=r"a\.png: label values \[7\] outside \[0, 3\)"):

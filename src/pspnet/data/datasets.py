@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -87,6 +88,27 @@ def ade20k_label_map(mask: np.ndarray) -> np.ndarray:
     out = mask.astype(np.int64) - 1
     out[mask == 0] = IGNORE_INDEX
     return out
+
+
+def _uint8_table(label_map: LabelMap | None) -> np.ndarray | None:
+    """The label map as a 256-entry uint8 table for 8-bit masks, when every entry fits in uint8.
+
+    None for maps that are not element-wise tables (a user's function) or that produce ids above
+    255: those go through :func:`_apply_label_map` in int64.
+    """
+    if label_map is None:
+        return np.arange(256, dtype=np.uint8)
+    if label_map is ade20k_label_map:
+        values = ade20k_label_map(np.arange(256))
+    elif callable(label_map):
+        return None
+    else:
+        lut = np.asarray(label_map, dtype=np.int64)
+        values = np.full(256, IGNORE_INDEX, dtype=np.int64)
+        values[: min(len(lut), 256)] = lut[:256]
+    if values.min() < 0 or values.max() > 255:
+        return None
+    return values.astype(np.uint8)
 
 
 def _apply_label_map(mask: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
@@ -160,6 +182,7 @@ class SegmentationDataset(Dataset):
         self.root = root
         self.problems = list(problems)
         self.epoch = 0
+        self._table8 = _uint8_table(label_map)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -189,6 +212,12 @@ class SegmentationDataset(Dataset):
             DataError: unreadable files, image/mask size mismatch, or label values outside
                 ``[0, num_classes)`` other than the ignore index (which would crash the loss).
         """
+        image, mask = self._load(index)
+        return image, None if mask is None else mask.astype(np.int64, copy=False)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`load_raw` with the mask in uint8 when the stored mask and the label map allow
+        (a table lookup and a histogram instead of three passes over an int64 copy)."""
         sample = self.samples[index]
         image = read_image(sample.image)
         raw = self.read_raw_mask(index)
@@ -199,22 +228,29 @@ class SegmentationDataset(Dataset):
                 f"{sample.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {sample.image} is "
                 f"{image.shape[1]}x{image.shape[0]}; masks must have the image's size"
             )
-        mask = self.map_mask(raw)
-        ignore = self.info.ignore_index
-        if mask.size:
+        num_classes, ignore = self.info.num_classes, self.info.ignore_index
+        if raw.dtype == np.uint8 and self._table8 is not None:
+            mask = cv2.LUT(raw, self._table8)
+            counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
+            bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != ignore]
+        else:
+            mask = self.map_mask(raw)
             valid = mask[mask != ignore]
-            if valid.size and (int(valid.max()) >= self.info.num_classes or int(valid.min()) < 0):
-                bad = sorted({int(v) for v in np.unique(valid) if v < 0 or v >= self.info.num_classes})
-                raise DataError(
-                    f"{sample.mask}: label values {bad[:8]} outside [0, {self.info.num_classes}) and not "
-                    f"the ignore value {ignore}; check num_classes or the masks (`pspnet verify-dataset`)"
-                )
+            bad = []
+            if valid.size and (int(valid.max()) >= num_classes or int(valid.min()) < 0):
+                bad = sorted({int(v) for v in np.unique(valid) if v < 0 or v >= num_classes})
+        if bad:
+            raise DataError(
+                f"{sample.mask}: label values {bad[:8]} outside [0, {num_classes}) and not "
+                f"the ignore value {ignore}; check num_classes or the masks (`pspnet verify-dataset`)"
+            )
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.load_raw(index)
+        compact = self.transform is None or getattr(self.transform, "compact_masks", False)
+        image, mask = self._load(index) if compact else self.load_raw(index)
         if mask is None:
-            mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.int64)
+            mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.uint8 if compact else np.int64)
         if self.transform is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
             image, mask = self.transform(image, mask, rng)

@@ -70,12 +70,19 @@ def _check_p(p: float) -> None:
 
 @dataclass(frozen=True)
 class Compose:
-    """Apply transforms in order, threading the same generator through all of them."""
+    """Apply transforms in order, threading the same generator through all of them.
+
+    ``compact_masks=True`` says every step accepts a mask in any unsigned integer type, so a
+    dataset may hand it a uint8 mask instead of an int64 copy (all of this module's steps do;
+    a user's step might do arithmetic that needs int64, hence off by default).
+    """
 
     transforms: tuple[PairedTransform, ...]
+    compact_masks: bool = False
 
-    def __init__(self, transforms: Sequence[PairedTransform]) -> None:
+    def __init__(self, transforms: Sequence[PairedTransform], compact_masks: bool = False) -> None:
         object.__setattr__(self, "transforms", tuple(transforms))
+        object.__setattr__(self, "compact_masks", bool(compact_masks))
 
     def __call__(self, image, mask, rng):  # type: ignore[no-untyped-def]
         for t in self.transforms:
@@ -314,8 +321,8 @@ def train_transforms(
 
     ``fused=True`` (default) runs :class:`~pspnet.data.fused_augment.FusedTrainAugment`: the same
     draws and the same result up to OpenCV's 1/32-pixel coordinate rounding, computed only where
-    the crop lands (5-6x less work per Cityscapes sample). ``fused=False`` runs the steps one by
-    one over the whole image, as the authors' code does.
+    the crop lands (about 7x less augmentation work per Cityscapes sample). ``fused=False`` runs
+    the steps one by one over the whole image, as the authors' code does.
     """
     fill = preprocess.mean
     scale_step = RandomScale(*scale) if scale is not None else None
@@ -331,11 +338,11 @@ def train_transforms(
         from pspnet.data.fused_augment import FusedTrainAugment
 
         augment = FusedTrainAugment(crop_step, scale_step, rotate_step, blur_step, flip_step)
-        return Compose([augment, ToTensor(preprocess)])
+        return Compose([augment, ToTensor(preprocess)], compact_masks=True)
     steps = [ToFloat(), scale_step, rotate_step, blur_step, flip_step, crop_step, ToTensor(preprocess)]
-    return Compose([step for step in steps if step is not None])
+    return Compose([step for step in steps if step is not None], compact_masks=True)
 
 
 def eval_transforms(preprocess: Preprocess = PYTORCH_PREPROCESS) -> Compose:
     """Whole image, no augmentation: just normalise (evaluation resizes/slides on its own)."""
-    return Compose([ToTensor(preprocess)])
+    return Compose([ToTensor(preprocess)], compact_masks=True)
