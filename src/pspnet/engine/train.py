@@ -36,7 +36,7 @@ from pspnet.engine.distributed import (
     lost_peer_error,
 )
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
-from pspnet.engine.sampler import ResumableSampler
+from pspnet.engine.sampler import EpochStreamSampler
 from pspnet.engine.train_log import TrainLogger
 from pspnet.engine.train_setup import (
     build_model,
@@ -234,7 +234,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         )
 
     # --- data loader with resumable order
-    sampler = ResumableSampler(train_dataset, ctx.rank, ctx.world_size, config.seed)
+    sampler = EpochStreamSampler(train_dataset, ctx.rank, ctx.world_size, config.seed)
     generator = torch.Generator()
     loader = DataLoader(
         EpochKeyedDataset(train_dataset, config.seed, ctx.rank),
@@ -330,13 +330,13 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     run_start = time.perf_counter()
     window_start, window_losses, window_aux, window_steps = run_start, [], [], 0
     run_steps = 0
+    # One stream of batches for the whole run: the workers prefetch across epoch boundaries.
+    sampler.start(epoch, epoch_step * o.accumulate * micro, steps_per_epoch * o.accumulate * micro)
+    generator.manual_seed(config.seed * 1_000_003 + epoch)
+    batches = iter(loader)
     while iteration < max_iter:
-        sampler.set_epoch(epoch)
         if hasattr(train_dataset, "set_epoch"):
             train_dataset.set_epoch(epoch)
-        generator.manual_seed(config.seed * 1_000_003 + epoch)
-        sampler.skip = epoch_step * o.accumulate * micro
-        batches = iter(loader)
         while iteration < max_iter:
             lr = poly_lr(o.base_lr, iteration, max_iter, o.power)
             set_lr(optimizer, lr)
@@ -467,7 +467,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
                 barrier(config.dist_timeout_s, f"checkpoint {iteration}")
             if epoch_step == 0:  # the epoch just ended (counters already point at the next one)
                 break
-        del batches
+    del batches
     bar.close()
     elapsed = time.perf_counter() - run_start
     final = out / FINAL_MODEL_NAME
