@@ -15,24 +15,10 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
+from pspnet.bench.workloads import write_png_pairs
 from pspnet.data.datasets import open_dataset
 from pspnet.data.transforms import train_transforms
-
-
-def _write_pairs(root: Path, count: int, size: tuple[int, int], classes: int = 19) -> None:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    coarse_hw = (size[0] // 16, size[1] // 16)
-    for i in range(count):
-        coarse = rng.integers(0, 256, (*coarse_hw, 3), dtype=np.uint8)
-        image = cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
-        labels = rng.integers(0, classes, coarse_hw, dtype=np.uint8)
-        mask = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        cv2.imwrite(str(root / "images" / f"{i:04d}.png"), image)
-        cv2.imwrite(str(root / "masks" / f"{i:04d}.png"), mask)
 
 
 def _seconds_per_sample(dataset, count: int) -> float:  # type: ignore[no-untyped-def]
@@ -53,7 +39,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="pspnet-loader-") as tmp:
         root = Path(tmp)
-        _write_pairs(root, args.samples, size)  # type: ignore[arg-type]
+        write_png_pairs(root, args.samples, size, 19)  # type: ignore[arg-type]
         plain = open_dataset(root, "folder", "train", num_classes=19)
         sets = {
             name: open_dataset(

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from pspnet.bench.measure import peak_memory_mb, quantile, reset_peak_memory, sync, time_calls
 from pspnet.bench.results import LoaderResult, SlideResult, TrainResult
 
-__all__ = ["bench_loader", "bench_slide", "bench_train"]
+__all__ = ["bench_loader", "bench_slide", "bench_train", "write_png_pairs"]
 
 
 def _train_modes(
@@ -104,6 +104,24 @@ def bench_train(
     return results
 
 
+def write_png_pairs(root: Path, count: int, size: tuple[int, int], num_classes: int) -> None:
+    """``root/images/*.png`` + ``root/masks/*.png``: smooth images (photo-like to decode, unlike
+    noise, which PNG cannot compress) and blocky label maps, seeded."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    coarse_hw = (max(size[0] // 16, 2), max(size[1] // 16, 2))
+    for i in range(count):
+        coarse = rng.integers(0, 256, (*coarse_hw, 3), dtype=np.uint8)
+        image = cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        labels = rng.integers(0, num_classes, coarse_hw, dtype=np.uint8)
+        mask = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(root / "images" / f"{i:04d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{i:04d}.png"), mask)
+
+
 def bench_loader(
     num_classes: int, size: tuple[int, int], batch: int, num_workers: int, notes: list[str], rounds: int = 2
 ) -> LoaderResult | None:
@@ -119,25 +137,14 @@ def bench_loader(
     except ImportError as exc:
         notes.append(f"loader: skipped, data pipeline not available ({exc})")
         return None
-    import cv2
 
     crop = min(713, *size)
     batch = max(batch, 2)
     count = batch * 5
-    rng = np.random.default_rng(0)
     rates: dict[bool, float] = {True: 0.0, False: 0.0}
     with tempfile.TemporaryDirectory(prefix="pspnet-bench-data-") as tmp:
         root = Path(tmp)
-        (root / "images").mkdir()
-        (root / "masks").mkdir()
-        coarse_hw = (max(size[0] // 16, 2), max(size[1] // 16, 2))
-        for i in range(count):
-            coarse = rng.integers(0, 256, (*coarse_hw, 3), dtype=np.uint8)
-            image = cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
-            labels = rng.integers(0, num_classes, coarse_hw, dtype=np.uint8)
-            mask = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-            cv2.imwrite(str(root / "images" / f"{i:04d}.png"), image)
-            cv2.imwrite(str(root / "masks" / f"{i:04d}.png"), mask)
+        write_png_pairs(root, count, size, num_classes)
         for _ in range(rounds):
             for fused in (True, False):
                 transform = train_transforms(crop, fused=fused)

@@ -149,24 +149,19 @@ class FusedTrainAugment:
         # scaled-image pixel inverse @ that, i.e. (inverse @ that) - (src_cols[0], src_rows[0]).
         local = inverse.copy()
         local[:, 2] += inverse[:, :2] @ np.array([cols[0], rows[0]]) - np.array([src_cols[0], src_rows[0]])
-        flags = cv2.WARP_INVERSE_MAP
-        img = cv2.warpAffine(
-            src_img,
-            local,
-            size,
-            flags=cv2.INTER_LINEAR | flags,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=tuple(float(v) for v in self.rotate.fill),
+        fill = tuple(float(v) for v in self.rotate.fill)
+        return (
+            cv2.warpAffine(
+                src_img, local, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=fill
+            ),
+            cv2.warpAffine(
+                src_msk,
+                local,
+                size,
+                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                borderValue=self.rotate.ignore_index,
+            ),
         )
-        msk = cv2.warpAffine(
-            src_msk,
-            local,
-            size,
-            flags=cv2.INTER_NEAREST | flags,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=self.rotate.ignore_index,
-        )
-        return img, msk
 
     @staticmethod
     def _scaled_region(
