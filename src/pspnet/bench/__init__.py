@@ -90,7 +90,8 @@ def run_benchmark(
         repeats: timed calls per variant; median and p10/p90 are reported.
         train: also time SGD training steps (batch >= 2) at the first size.
         train_compile: with ``train``, also the step with the model compiled (``optim.compile``).
-        loader: also time the training data loader on generated images of the first size.
+        loader: also time the training data loader on generated PNGs of the first size, with the
+            fused augmentation and the step-by-step one (the baseline, same run).
         slide: also time sliding-window evaluation of one 1024x2048 image (crop 713, stride 2/3):
             one cold call on CPU; on CUDA after a warm-up, fp32, bf16 + channels-last and the
             same with CUDA graphs. ``batch`` crops per forward (at least 2).

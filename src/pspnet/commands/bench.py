@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (default 5)")
     parser.add_argument("--train", action="store_true", help="also time SGD training steps")
-    parser.add_argument("--loader", action="store_true", help="also time the training data loader")
+    parser.add_argument(
+        "--loader",
+        action="store_true",
+        help="also time the training data loader (fused augmentation vs the step-by-step baseline)",
+    )
     parser.add_argument(
         "--loader-workers", type=int, default=None, help="loader workers (default min(4, CPUs))"
     )
