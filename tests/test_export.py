@@ -83,6 +83,25 @@ def test_onnx_model_refuses_foreign_files(tmp_path: Path) -> None:
         OnnxModel(garbage)
 
 
+def test_onnx_model_with_external_weights(tiny_onnx: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    """A file re-saved with its weights beside it (as tools do for models over 2 GB) loads and
+    predicts the same; without the weights file it is refused with an error naming the model."""
+    import onnx
+
+    model, path = tiny_onnx
+    moved = tmp_path / "external" / "model.onnx"
+    moved.parent.mkdir()
+    proto = onnx.load(str(path))
+    onnx.save(proto, str(moved), save_as_external_data=True, location="model.weights", size_threshold=0)
+    assert (moved.parent / "model.weights").stat().st_size > moved.stat().st_size  # the weights moved out
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxModel(moved)(x)["out"], model(x)["out"], atol=1e-4, rtol=0)
+    (moved.parent / "model.weights").unlink()
+    with pytest.raises(InputError, match=r"model\.onnx: not a loadable ONNX model"):
+        OnnxModel(moved)
+
+
 def test_export_cli_prints_diffs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = create_model("pspnet_tiny", num_classes=3)
     weights = save_model(model, tmp_path / "m.safetensors")
