@@ -250,6 +250,7 @@ def test_loader_workers_see_the_epoch(trees) -> None:
     ds = open_dataset(trees.folder(), num_classes=3, transform=train_transforms(16))
     loader = build_loader(ds, 3, shuffle=False, num_workers=1, pin_memory=False)
     assert loader.persistent_workers
+    assert loader.dataset.info is ds.info and len(loader.dataset) == len(ds)  # the wrapper forwards
     for epoch in (2, 3, 2):  # the same worker process serves all three epochs
         set_loader_epoch(loader, epoch)
         with_workers = next(iter(loader))["image"]

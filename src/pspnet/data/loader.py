@@ -103,6 +103,12 @@ class EpochKeyedDataset(Dataset):
             self._seeded = (worker.id, epoch)
             _seed_worker(self.seed, self.rank, worker.id, epoch)
 
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the wrapped dataset's (``loader.dataset.info`` keeps working)."""
+        if name == "dataset":  # not set yet (unpickling in a worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         self._enter(epoch)
