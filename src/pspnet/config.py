@@ -168,7 +168,10 @@ class OutputSection:
         dir: output folder (checkpoints/, last, best.safetensors, model.safetensors, metrics.jsonl).
         checkpoint_interval: iterations between checkpoints (0 = only the final one).
         keep_last: checkpoints kept on disk (older ones are deleted).
-        tensorboard: also write TensorBoard scalars (needs ``pip install tensorboard``).
+        tensorboard: also write TensorBoard scalars and, at each validation, prediction images
+            (needs ``pip install tensorboard``).
+        tensorboard_images: validation images shown in TensorBoard at each validation, each as
+            image | ground truth | prediction (0 = none).
         log_interval: iterations between metrics.jsonl lines and progress-bar updates.
         progress: show the tqdm bar.
     """
@@ -177,6 +180,7 @@ class OutputSection:
     checkpoint_interval: int = 1000
     keep_last: int = 3
     tensorboard: bool = False
+    tensorboard_images: int = 4
     log_interval: int = 20
     progress: bool = True
 
@@ -269,6 +273,7 @@ class TrainConfig:
             "optim.aux_weight": o.aux_weight,
             "eval.interval": self.eval.interval,
             "output.checkpoint_interval": self.output.checkpoint_interval,
+            "output.tensorboard_images": self.output.tensorboard_images,
             "data.num_workers": self.data.num_workers,
             "seed": self.seed,
         }

@@ -102,6 +102,19 @@ def test_unlabelled_images_are_skipped_and_limit_stops_early(model: torch.nn.Mod
     assert dataset.loaded == [0] and limited.num_images == 1
 
 
+def test_kept_examples_are_the_first_scored_images_with_their_predictions(model: torch.nn.Module) -> None:
+    dataset = FakeDataset([(20, 22), (24, 20), (26, 30)], seed=4)
+    dataset.items[0] = (dataset.items[0][0], None)  # unlabelled: not scored, not kept
+    assert evaluate(model, dataset, progress=False).examples == []  # off by default
+    result = evaluate(model, dataset, progress=False, keep_examples=1)
+    assert [e.index for e in result.examples] == [1]
+    image, mask = dataset.items[1]
+    kept = result.examples[0]
+    assert kept.image is image and kept.mask is mask
+    np.testing.assert_array_equal(kept.pred, predict_probs(model, image).argmax(0).numpy())
+    assert [e.index for e in evaluate(model, dataset, progress=False, keep_examples=5).examples] == [1, 2]
+
+
 def test_boundary_f_is_one_when_the_mask_is_the_prediction_and_off_by_default(model: torch.nn.Module) -> None:
     dataset = FakeDataset([(48, 64), (40, 40)], seed=5)
     preds = [predict_probs(model, image).argmax(0).numpy() for image, _ in dataset.items]

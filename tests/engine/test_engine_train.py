@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,16 +272,31 @@ def test_micro_batch_of_one_is_refused(tmp_path):
         train(cfg, TinyDataset(8))
 
 
-def test_missing_tensorboard_is_a_clear_error(tmp_path):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("tensorboard is installed")
+def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     cfg = load_config(None, tiny_overrides(tmp_path / "run", **{"output.tensorboard": True}))
     with pytest.raises(InputError, match="pip install tensorboard"):
         train(cfg, TinyDataset(8))
+
+
+def test_tensorboard_gets_scalars_and_validation_predictions(tmp_path):
+    """The event file holds the loss and val mIoU curves and, at each validation, one image per
+    kept validation sample: image | ground truth | prediction, 3 panels wide."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = {"output.tensorboard": True, "output.tensorboard_images": 2, "eval.interval": 2}
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", **settings))
+    train(cfg, TinyDataset(8), val_dataset=TinyDataset(3, seed=9))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss", "lr", "val_miou"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("val_miou")] == [2, 4]
+    assert sorted(tags["images"]) == ["val/prediction_0", "val/prediction_1"]
+    shown = events.Images("val/prediction_0")
+    assert [e.step for e in shown] == [2, 4]
+    assert (shown[0].width, shown[0].height) == (3 * 64, 64)
 
 
 # ----------------------------------------------------------------------------- real data + command

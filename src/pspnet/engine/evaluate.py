@@ -26,7 +26,7 @@ from pspnet.engine.inference import INFERENCE_MODES, predict_probs
 from pspnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
 from pspnet.errors import DataError, InputError
 
-__all__ = ["EvalDataset", "EvalResult", "evaluate"]
+__all__ = ["EvalDataset", "EvalExample", "EvalResult", "evaluate"]
 
 
 class EvalDataset(Protocol):
@@ -40,6 +40,16 @@ class EvalDataset(Protocol):
 
 
 @dataclass
+class EvalExample:
+    """One scored image kept for display: RGB image, ground truth and prediction (train ids)."""
+
+    index: int
+    image: np.ndarray
+    mask: np.ndarray
+    pred: np.ndarray
+
+
+@dataclass
 class EvalResult:
     """Scores, the raw confusion matrix (rows = ground truth, cols = prediction) and the settings."""
 
@@ -49,6 +59,7 @@ class EvalResult:
     settings: dict[str, Any] = field(default_factory=dict)
     num_images: int = 0
     boundary: BoundaryMetrics | None = None
+    examples: list[EvalExample] = field(default_factory=list)
 
     def summary(self) -> str:
         m = self.metrics
@@ -133,6 +144,7 @@ def evaluate(
     limit: int | None = None,
     boundary: bool = False,
     amp_dtype: torch.dtype | None = None,
+    keep_examples: int = 0,
 ) -> EvalResult:
     """Score ``model`` on ``dataset`` with the authors' protocol; metrics over the whole dataset.
 
@@ -151,6 +163,8 @@ def evaluate(
         boundary: also compute the boundary F-score (:class:`pspnet.engine.boundary.BoundaryFScore`,
             default tolerance) into ``EvalResult.boundary``; costs a CPU pass per image and class.
         amp_dtype: bf16/fp16 autocast of the network on CUDA (``predict_probs``); None = fp32.
+        keep_examples: keep this process's first N images with their predictions in
+            ``EvalResult.examples`` (the training log shows them in TensorBoard).
 
     Raises:
         InputError: the model's class count differs from the dataset's, or bad settings.
@@ -184,6 +198,7 @@ def evaluate(
 
         iterator = tqdm(indices, desc="eval", unit="img", dynamic_ncols=True)
     scored = 0
+    examples: list[EvalExample] = []
     for index in iterator:
         image, mask = dataset.load_raw(index)
         if mask is None:
@@ -208,6 +223,8 @@ def evaluate(
             raise DataError(f"{_sample_name(dataset, index)}: {exc}; --mode slide pads small images") from exc
         pred = probs.argmax(dim=0)
         confusion.update(pred, torch.from_numpy(np.ascontiguousarray(mask)).to(run_device))
+        if len(examples) < keep_examples:
+            examples.append(EvalExample(int(index), image, mask, pred.cpu().numpy()))
         if edges is not None:
             edges.update(pred.cpu().numpy(), mask)
         scored += 1
@@ -242,6 +259,7 @@ def evaluate(
         settings=settings,
         num_images=scored,
         boundary=edges.compute() if edges is not None else None,
+        examples=examples,
     )
 
 

@@ -112,8 +112,11 @@ def _fingerprint_diff(saved: dict[str, Any], current: dict[str, Any], prefix: st
     return diffs
 
 
-def _validate(model: nn.Module, val_dataset: Any, config: TrainConfig) -> dict[str, Any]:
-    """Validation metrics with the configured protocol (``config.eval``)."""
+def _validate(
+    model: nn.Module, val_dataset: Any, config: TrainConfig, keep_examples: int = 0
+) -> tuple[dict[str, Any], list[Any]]:
+    """Validation metrics with the configured protocol (``config.eval``), and the first
+    ``keep_examples`` predictions (for TensorBoard)."""
     from pspnet.engine.evaluate import evaluate
 
     model.eval()
@@ -126,9 +129,11 @@ def _validate(model: nn.Module, val_dataset: Any, config: TrainConfig) -> dict[s
             flip=config.eval.flip,
             progress=False,
             limit=config.eval.limit,
+            keep_examples=keep_examples,
         )
     m = result.metrics
-    return {"val_miou": float(m.miou), "val_macc": float(m.macc), "val_allacc": float(m.allacc)}
+    scores = {"val_miou": float(m.miou), "val_macc": float(m.macc), "val_allacc": float(m.allacc)}
+    return scores, result.examples
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -439,9 +444,11 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
             if val_dataset is not None and (
                 (interval > 0 and iteration % interval == 0) or iteration == max_iter
             ):
-                scores = _validate(raw_model, val_dataset, config)
+                keep = config.output.tensorboard_images if logger.wants_images else 0
+                scores, examples = _validate(raw_model, val_dataset, config, keep)
                 set_train_mode(model, config.model.freeze_bn)
                 logger.log({"iter": iteration, "epoch": epoch, **scores})
+                logger.log_predictions(iteration, examples, val_dataset.info.palette)
                 logger.message(f"iteration {iteration}: val mIoU {100 * scores['val_miou']:.2f}")
                 if best_miou is None or scores["val_miou"] > best_miou:
                     best_miou = scores["val_miou"]

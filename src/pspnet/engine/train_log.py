@@ -1,11 +1,15 @@
-"""The training log: ``metrics.jsonl``, optional TensorBoard scalars, console messages (rank 0 only)."""
+"""The training log: ``metrics.jsonl``, optional TensorBoard scalars and validation prediction
+images, console messages (rank 0 only)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pspnet.errors import InputError
 from pspnet.io.checkpoint import storage_error
@@ -50,6 +54,23 @@ class TrainLogger:
             for key, value in entry.items():
                 if key not in ("iter", "epoch", "time") and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
+
+    @property
+    def wants_images(self) -> bool:
+        return self.enabled and self.writer is not None
+
+    def log_predictions(self, step: int, examples: Sequence[Any], palette: Sequence[Sequence[int]]) -> None:
+        """One TensorBoard image per example: the image, its ground truth and the prediction side
+        by side (ignored pixels black), so a run's progress can be seen, not only its mIoU."""
+        if not self.wants_images:
+            return
+        from pspnet.viz import colorize
+
+        for slot, example in enumerate(examples):
+            panel = np.concatenate(
+                [example.image, colorize(example.mask, palette), colorize(example.pred, palette)], axis=1
+            )
+            self.writer.add_image(f"val/prediction_{slot}", panel, step, dataformats="HWC")
 
     def message(self, text: str) -> None:
         if self.enabled:
