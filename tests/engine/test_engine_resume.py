@@ -69,6 +69,19 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     assert [e["iter"] for e in lines if "loss" in e][-8:] == list(range(5, 13))
 
 
+def test_resume_past_the_end_of_a_shorter_epoch_starts_the_next_one(tmp_path):
+    """A checkpoint 6 steps into an epoch, resumed where epochs are 4 steps long (another number of
+    ranks, or a smaller split): the run goes on from the next epoch instead of failing."""
+    settings = {"optim.iterations": 8, "output.checkpoint_interval": 6}
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(load_config(None, tiny_overrides(out, **settings)), TinyDataset(16, fail_after=2 * 6 + 1))
+    assert (out / "last").read_text().strip() == "checkpoints/iter_00000006"
+    train(load_config(None, tiny_overrides(out, resume=True, **settings)), TinyDataset(8))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["iter"], e["epoch"]) for e in lines if "loss" in e][-2:] == [(7, 1), (8, 1)]
+
+
 def test_resume_refuses_a_changed_config(tmp_path):
     out = tmp_path / "run"
     train(load_config(None, tiny_overrides(out, **{"optim.iterations": 2})), TinyDataset(8))

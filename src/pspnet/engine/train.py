@@ -335,6 +335,8 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     run_start = time.perf_counter()
     window_start, window_losses, window_aux, window_steps = run_start, [], [], 0
     run_steps = 0
+    if epoch_step >= steps_per_epoch:  # resumed on another number of ranks: epochs got shorter
+        epoch, epoch_step = epoch + 1, 0
     # One stream of batches for the whole run: the workers prefetch across epoch boundaries.
     sampler.start(epoch, epoch_step * o.accumulate * micro, steps_per_epoch * o.accumulate * micro)
     generator.manual_seed(config.seed * 1_000_003 + epoch)
