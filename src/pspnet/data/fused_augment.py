@@ -84,6 +84,7 @@ class FusedTrainAugment:
         h, w = mask.shape
         if image.shape[:2] != (h, w):
             raise InputError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
+        mask = _cv_mask(mask)  # once, on the whole mask, as the step-by-step pipeline does
         scaled = self.scale.draw(rng, h, w) if self.scale is not None else None
         out_h, out_w = scaled.size if scaled is not None else (h, w)
         angle = self.rotate.draw(rng) if self.rotate is not None else None
@@ -142,7 +143,7 @@ class FusedTrainAugment:
             channels = image.shape[2:]
             return (
                 _fill_like((size[1], size[0], *channels), self.rotate.fill, np.dtype(np.float32)),
-                np.full((size[1], size[0]), self.rotate.ignore_index, dtype=_cv_mask(mask[:1, :1]).dtype),
+                np.full((size[1], size[0]), self.rotate.ignore_index, dtype=mask.dtype),
             )
         src_img, src_msk = self._scaled_region(image, mask, scaled, src_rows, src_cols)
         # Region pixel (x, y) is rotated-image pixel (x + cols[0], y + rows[0]); its source is
@@ -170,13 +171,13 @@ class FusedTrainAugment:
         """Rows/cols of the scaled image, resampled as ``cv2.resize`` does."""
         if scaled is None or scaled.size == mask.shape:  # cv2.resize copies an unchanged size
             region = (slice(*rows), slice(*cols))
-            return image[region].astype(np.float32), _cv_mask(mask[region])
+            return image[region].astype(np.float32), mask[region]
         h, w = mask.shape
         fy, fx = scaled.factors
         # Mask, INTER_NEAREST: cv2.resize takes source index floor(dst / factor), clamped.
         ys = np.minimum(np.floor(np.arange(*rows) * (1.0 / fy)).astype(np.intp), h - 1)
         xs = np.minimum(np.floor(np.arange(*cols) * (1.0 / fx)).astype(np.intp), w - 1)
-        msk = _cv_mask(mask[ys[0] : ys[-1] + 1])[ys - ys[0]][:, xs]
+        msk = mask[ys][:, xs]
         # Image, INTER_LINEAR: source coordinate (dst + 0.5) / factor - 0.5, edges replicated.
         src_rows = _mapped_span((rows[0] + 0.5) / fy - 0.5, (rows[1] - 0.5) / fy - 0.5, h)
         src_cols = _mapped_span((cols[0] + 0.5) / fx - 0.5, (cols[1] - 0.5) / fx - 0.5, w)

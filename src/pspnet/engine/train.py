@@ -342,140 +342,133 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     generator.manual_seed(config.seed * 1_000_003 + epoch)
     batches = iter(loader)
     while iteration < max_iter:
-        if hasattr(train_dataset, "set_epoch"):
-            train_dataset.set_epoch(epoch)
-        while iteration < max_iter:
-            lr = poly_lr(o.base_lr, iteration, max_iter, o.power)
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            saved_buffers = [b.detach().clone() for b in buffers]
-            finite = True
-            step_loss, step_aux, indices = 0.0, 0.0, []
-            for k in range(o.accumulate):
-                batch = next(batches)
-                images = batch["image"].to(device, non_blocking=True)
-                masks = batch["mask"].to(device, non_blocking=True)
-                if o.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                indices.extend(int(i) for i in batch["index"])
-                sync = contextlib.nullcontext()
-                if ctx.enabled and k < o.accumulate - 1:
-                    sync = model.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        outputs = model(images)
-                    loss, main, aux = segmentation_loss(
-                        outputs, masks, aux_weight=o.aux_weight, ignore_index=config.data.ignore_index
-                    )
-                    value = float(loss.detach())
-                    if math.isfinite(value):
-                        scaler.scale(loss / o.accumulate).backward()
-                    else:
-                        finite = False
-                        if ctx.enabled:  # a zero-gradient backward keeps DDP's all-reduce in step
-                            sum((p * 0).sum() for p in raw_model.parameters() if p.requires_grad).backward()
-                step_loss += float(main.detach()) / o.accumulate
-                step_aux += (float(aux.detach()) if aux is not None else 0.0) / o.accumulate
-            if ctx.enabled:
-                flag = torch.tensor([0.0 if finite else 1.0], device=device)
-                torch.distributed.all_reduce(flag)
-                finite = bool(flag.item() == 0)
-            if finite:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                for buf, old in zip(buffers, saved_buffers, strict=True):
-                    buf.copy_(old)
-                skipped.append(iteration)
-                all_indices = indices
-                if ctx.enabled:
-                    gathered: list[Any] = [None] * ctx.world_size
-                    torch.distributed.all_gather_object(gathered, indices)
-                    all_indices = [i for part in gathered for i in part]
-                names = _batch_names(train_dataset, all_indices)
-                entry = {
-                    "iter": iteration + 1,
-                    "event": "nonfinite_loss",
-                    "indices": all_indices,
-                    "names": names,
-                }
-                if config.nonfinite == "abort":
-                    logger.log(entry)
-                    raise NonFiniteLossError(
-                        f"non-finite loss at iteration {iteration + 1} on samples {names[:8]}; lower "
-                        "optim.base_lr, check those images, or set nonfinite: skip to step over such batches"
-                    )
-                logger.log({**entry, "action": "skipped"})
-                logger.message(
-                    f"iteration {iteration + 1}: non-finite loss, step skipped (samples {names[:8]})"
+        lr = poly_lr(o.base_lr, iteration, max_iter, o.power)
+        set_lr(optimizer, lr)
+        optimizer.zero_grad(set_to_none=True)
+        saved_buffers = [b.detach().clone() for b in buffers]
+        finite = True
+        step_loss, step_aux, indices = 0.0, 0.0, []
+        for k in range(o.accumulate):
+            batch = next(batches)
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            if o.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            indices.extend(int(i) for i in batch["index"])
+            sync = contextlib.nullcontext()
+            if ctx.enabled and k < o.accumulate - 1:
+                sync = model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    outputs = model(images)
+                loss, main, aux = segmentation_loss(
+                    outputs, masks, aux_weight=o.aux_weight, ignore_index=config.data.ignore_index
                 )
-            iteration += 1
-            epoch_step += 1
-            run_steps += 1
-            bar.update(1)
-            if finite:
-                window_losses.append(step_loss)
-                window_aux.append(step_aux)
-            window_steps += 1
-
-            if iteration % config.output.log_interval == 0 or iteration == max_iter:
-                now = time.perf_counter()
-                loss_mean = sum(window_losses) / len(window_losses) if window_losses else float("nan")
-                aux_mean = sum(window_aux) / len(window_aux) if window_aux else float("nan")
-                loss_mean, aux_mean = all_reduce_mean([loss_mean, aux_mean], device)
-                speed = window_steps * images_per_step / max(now - window_start, 1e-9)
-                entry = {
-                    "iter": iteration,
-                    "epoch": epoch,
-                    "loss": loss_mean,
-                    "aux_loss": aux_mean,
-                    "lr": lr,
-                    "images_per_s": speed,
-                    "time": now - run_start,
-                }
-                if device.type == "cuda":  # this rank's peak so far: what to size the batch by
-                    entry["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                value = float(loss.detach())
+                if math.isfinite(value):
+                    scaler.scale(loss / o.accumulate).backward()
+                else:
+                    finite = False
+                    if ctx.enabled:  # a zero-gradient backward keeps DDP's all-reduce in step
+                        sum((p * 0).sum() for p in raw_model.parameters() if p.requires_grad).backward()
+            step_loss += float(main.detach()) / o.accumulate
+            step_aux += (float(aux.detach()) if aux is not None else 0.0) / o.accumulate
+        if ctx.enabled:
+            flag = torch.tensor([0.0 if finite else 1.0], device=device)
+            torch.distributed.all_reduce(flag)
+            finite = bool(flag.item() == 0)
+        if finite:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            for buf, old in zip(buffers, saved_buffers, strict=True):
+                buf.copy_(old)
+            skipped.append(iteration)
+            all_indices = indices
+            if ctx.enabled:
+                gathered: list[Any] = [None] * ctx.world_size
+                torch.distributed.all_gather_object(gathered, indices)
+                all_indices = [i for part in gathered for i in part]
+            names = _batch_names(train_dataset, all_indices)
+            entry = {
+                "iter": iteration + 1,
+                "event": "nonfinite_loss",
+                "indices": all_indices,
+                "names": names,
+            }
+            if config.nonfinite == "abort":
                 logger.log(entry)
-                bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                window_start, window_losses, window_aux, window_steps = now, [], [], 0
+                raise NonFiniteLossError(
+                    f"non-finite loss at iteration {iteration + 1} on samples {names[:8]}; lower "
+                    "optim.base_lr, check those images, or set nonfinite: skip to step over such batches"
+                )
+            logger.log({**entry, "action": "skipped"})
+            logger.message(f"iteration {iteration + 1}: non-finite loss, step skipped (samples {names[:8]})")
+        iteration += 1
+        epoch_step += 1
+        run_steps += 1
+        bar.update(1)
+        if finite:
+            window_losses.append(step_loss)
+            window_aux.append(step_aux)
+        window_steps += 1
 
-            if epoch_step >= steps_per_epoch:
-                epoch, epoch_step = epoch + 1, 0
+        if iteration % config.output.log_interval == 0 or iteration == max_iter:
+            now = time.perf_counter()
+            loss_mean = sum(window_losses) / len(window_losses) if window_losses else float("nan")
+            aux_mean = sum(window_aux) / len(window_aux) if window_aux else float("nan")
+            loss_mean, aux_mean = all_reduce_mean([loss_mean, aux_mean], device)
+            speed = window_steps * images_per_step / max(now - window_start, 1e-9)
+            entry = {
+                "iter": iteration,
+                "epoch": epoch,
+                "loss": loss_mean,
+                "aux_loss": aux_mean,
+                "lr": lr,
+                "images_per_s": speed,
+                "time": now - run_start,
+            }
+            if device.type == "cuda":  # this rank's peak so far: what to size the batch by
+                entry["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            logger.log(entry)
+            bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            window_start, window_losses, window_aux, window_steps = now, [], [], 0
 
-            interval = config.eval.interval
-            if val_dataset is not None and (
-                (interval > 0 and iteration % interval == 0) or iteration == max_iter
-            ):
-                keep = config.output.tensorboard_images if logger.wants_images else 0
-                scores, examples = _validate(raw_model, val_dataset, config, keep)
-                set_train_mode(model, config.model.freeze_bn)
-                logger.log({"iter": iteration, "epoch": epoch, **scores})
-                logger.log_predictions(iteration, examples, val_dataset.info.palette)
-                logger.message(f"iteration {iteration}: val mIoU {100 * scores['val_miou']:.2f}")
-                if best_miou is None or scores["val_miou"] > best_miou:
-                    best_miou = scores["val_miou"]
-                    if ctx.is_main:
-                        save_model(raw_model, out / BEST_NAME, extra={"iteration": str(iteration)})
+        if epoch_step >= steps_per_epoch:
+            epoch, epoch_step = epoch + 1, 0
 
-            ckpt = config.output.checkpoint_interval
-            if (ckpt > 0 and iteration % ckpt == 0) or iteration == max_iter:
-                if not all_finite():  # every rank holds the same weights, so every rank stops
-                    raise NonFiniteLossError(
-                        f"iteration {iteration}: the weights hold NaN/inf; not writing a checkpoint. "
-                        f"Resume from the previous one ({out}/last) with a lower optim.base_lr"
-                    )
+        interval = config.eval.interval
+        if val_dataset is not None and (
+            (interval > 0 and iteration % interval == 0) or iteration == max_iter
+        ):
+            keep = config.output.tensorboard_images if logger.wants_images else 0
+            scores, examples = _validate(raw_model, val_dataset, config, keep)
+            set_train_mode(model, config.model.freeze_bn)
+            logger.log({"iter": iteration, "epoch": epoch, **scores})
+            logger.log_predictions(iteration, examples, val_dataset.info.palette)
+            logger.message(f"iteration {iteration}: val mIoU {100 * scores['val_miou']:.2f}")
+            if best_miou is None or scores["val_miou"] > best_miou:
+                best_miou = scores["val_miou"]
                 if ctx.is_main:
-                    save_checkpoint(
-                        out,
-                        raw_model,
-                        checkpoint_state(),
-                        config_yaml,
-                        iteration=iteration,
-                        keep_last=config.output.keep_last,
-                    )
-                barrier(config.dist_timeout_s, f"checkpoint {iteration}")
-            if epoch_step == 0:  # the epoch just ended (counters already point at the next one)
-                break
+                    save_model(raw_model, out / BEST_NAME, extra={"iteration": str(iteration)})
+
+        ckpt = config.output.checkpoint_interval
+        if (ckpt > 0 and iteration % ckpt == 0) or iteration == max_iter:
+            if not all_finite():  # every rank holds the same weights, so every rank stops
+                raise NonFiniteLossError(
+                    f"iteration {iteration}: the weights hold NaN/inf; not writing a checkpoint. "
+                    f"Resume from the previous one ({out}/last) with a lower optim.base_lr"
+                )
+            if ctx.is_main:
+                save_checkpoint(
+                    out,
+                    raw_model,
+                    checkpoint_state(),
+                    config_yaml,
+                    iteration=iteration,
+                    keep_last=config.output.keep_last,
+                )
+            barrier(config.dist_timeout_s, f"checkpoint {iteration}")
     del batches
     bar.close()
     elapsed = time.perf_counter() - run_start
