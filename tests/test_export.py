@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from pspnet.engine.inference import predict_probs
 from pspnet.errors import InputError
 from pspnet.export import DynamicAdaptivePool2d, OnnxModel, export_onnx, quantize_int8, verify_onnx
 from pspnet.io.checkpoint import save_model
+from pspnet.prediction import predict
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,112 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyt
         export_onnx(create_model("pspnet_tiny", num_classes=3), target)
     assert target.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+@pytest.mark.parametrize("opset", [9, 10, 99])
+def test_opsets_the_export_cannot_write_are_refused_in_one_line(
+    opset: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = save_model(create_model("pspnet_tiny", num_classes=3), tmp_path / "m.safetensors")
+    code = main(["export", "--model", str(weights), "--out", str(tmp_path / "m.onnx"), "--opset", str(opset)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert "opset must be an integer from 11" in err[0] and f"got {opset}" in err[0]
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(InputError, match="opset"):
+        export_onnx(create_model("pspnet_tiny", num_classes=3), tmp_path / "m.onnx", opset=opset)
+
+
+def test_class_dimension_of_the_output_is_fixed(tiny_onnx: tuple[torch.nn.Module, Path]) -> None:
+    import onnx
+
+    dims = onnx.load(str(tiny_onnx[1])).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 21, "height", "width"]
+
+
+@pytest.fixture(scope="module")
+def static_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(1)
+    model = create_model("pspnet_tiny", num_classes=4).eval()
+    folder = tmp_path_factory.mktemp("static")
+    save_model(model, folder / "m.safetensors")
+    return model, export_onnx(model, folder / "static.onnx", dynamic=False, example_size=(65, 65))
+
+
+def test_static_model_refuses_other_sizes_and_says_what_works(static_onnx, tmp_path: Path, capsys) -> None:
+    model, path = static_onnx
+    runner = OnnxModel(path)
+    assert runner.fixed_shape == (1, 3, 65, 65)
+    with pytest.raises(
+        InputError, match=r"static\.onnx: static ONNX model .* takes only 1x3x65x65 .* got 1x3x61x83"
+    ):
+        runner(torch.randn(1, 3, 61, 83))
+    image = np.random.default_rng(0).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    with pytest.raises(InputError, match=r"--mode slide --crop-size 65"):
+        predict(path, image)
+    # the fix it names works, flips and batches of windows included (run one image at a time)
+    expected = predict_probs(model, image, mode="slide", crop_size=65, flip=True, batch_size=4)
+    got = predict_probs(runner, image, mode="slide", crop_size=65, flip=True, batch_size=4)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    # the CLI: one line naming the model and the fix, no traceback
+    cv2.imwrite(str(tmp_path / "img.png"), image[:, :, ::-1])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(path),
+            str(tmp_path / "img.png"),
+            "--out",
+            str(tmp_path / "p"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "takes only 1x3x65x65" in err
+
+
+def test_static_export_says_which_sizes_it_verified(static_onnx, capsys: pytest.CaptureFixture[str]) -> None:
+    _, path = static_onnx
+    weights = path.parent / "m.safetensors"
+    out = path.parent / "again.onnx"
+    args = ["export", "--model", str(weights), "--out", str(out), "--static", "--example-size", "65x65"]
+    assert main([*args, "--verify-sizes", "97x129"]) == 0
+    printed = capsys.readouterr().out
+    assert "verifying 65x65 only" in printed and "65x65: max abs diff" in printed and "97x129:" not in printed
+
+
+def test_predict_takes_an_onnx_path_like_the_cli(tiny_onnx: tuple[torch.nn.Module, Path]) -> None:
+    model, path = tiny_onnx
+    image = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    from_path = predict(path, image, return_probs=True)
+    direct = predict(model, image, return_probs=True)
+    assert np.abs(from_path.probs - direct.probs).max() < 1e-4
+
+
+def test_quantize_never_touches_a_file_named_like_its_temporary(
+    tiny_onnx: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    """The pre-processed graph used to go to ``<out>.pre.onnx`` and be deleted: with the input
+    named ``model.pre.onnx`` and the output ``model.onnx``, the input was lost."""
+    _, path = tiny_onnx
+    source = tmp_path / "model.pre.onnx"
+    source.write_bytes(path.read_bytes())
+    calibration = [torch.randn(3, 65, 65).numpy()]  # numpy arrays are accepted as tensors are
+    out = quantize_int8(source, tmp_path / "model.onnx", calibration)
+    assert source.read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pre.onnx"]
+    assert OnnxModel(out).num_classes == 21
+
+
+def test_quantize_refuses_raw_images_with_the_fix(
+    tiny_onnx: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    _, path = tiny_onnx
+    raw = np.zeros((64, 64, 3), dtype=np.uint8)
+    with pytest.raises(
+        InputError, match=r"calibration image 1: .*uint8 array of shape \(64, 64, 3\).*preprocess\.to_tensor"
+    ):
+        quantize_int8(path, tmp_path / "q.onnx", [torch.randn(3, 64, 64), raw])
+    with pytest.raises(InputError, match="is the input model itself"):
+        quantize_int8(path, path, [torch.randn(3, 64, 64)])
+    assert not (tmp_path / "q.onnx").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ __all__ = [
 ONNX_FORMAT_NAME = "pspnet-onnx"
 _INPUT = "input"
 _OUTPUT = "out"
+MIN_OPSET = 11
+"""Oldest opset that expresses the exact dynamic pooling (``CumSum``) and the resizes."""
 
 
 def _bin_weights(length_ref: Tensor, bins: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -143,6 +146,26 @@ def _require(module: str) -> Any:
         ) from exc
 
 
+def max_opset() -> int:
+    """Newest opset the installed torch exporter writes (23 with torch 2.9+)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # private module moved: the TorchScript exporter's floor
+        return 17
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the export cannot write, in one line (torch would dump its graph instead)."""
+    newest = max_opset()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= newest:
+        raise InputError(
+            f"opset must be an integer from {MIN_OPSET} (dynamic resize and pooling need it) to {newest} "
+            f"(the newest this torch {torch.__version__} writes), got {opset!r}"
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -161,10 +184,19 @@ def export_onnx(
     Args:
         model: a PSPNet (any mode; it is exported in eval mode, without the auxiliary head).
         path: output file; its folder is created.
-        opset: ONNX opset (17 by default; 11+ needed for dynamic resize).
-        dynamic: dynamic batch, height and width; False fixes them to ``example_size``, batch 1.
+        opset: ONNX opset, :data:`MIN_OPSET` to :func:`max_opset` (17 by default).
+        dynamic: dynamic batch, height and width; False fixes them to ``example_size``, batch 1
+            (:class:`OnnxModel` then runs larger batches one image at a time and refuses other sizes).
         example_size: the tracing input's ``(H, W)``.
+
+    The output's class dimension is written as the fixed number it is (only batch, height and
+    width are dynamic), so consumers that need a static channel count (TensorRT, shape inference)
+    get it.
+
+    Raises:
+        InputError: opset out of range, ONNX not installed.
     """
+    check_opset(opset)
     onnx = _require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +224,11 @@ def export_onnx(
                 dynamo=False,
             )
         proto = onnx.load(tmp)
+        num_classes = getattr(model, "num_classes", None)
+        if isinstance(num_classes, int):
+            channel = proto.graph.output[0].type.tensor_type.shape.dim[1]
+            channel.ClearField("dim_param")
+            channel.dim_value = num_classes
         for key, value in _metadata(model).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -285,10 +322,32 @@ class OnnxModel(nn.Module):
 
             self.config = PSPNetConfig.from_dict(json.loads(meta["config"]))
         self._num_classes = int(meta["num_classes"])
+        dims = self._sessions["cpu"].get_inputs()[0].shape
+        self.fixed_shape: tuple[int, ...] | None = (
+            tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
+        )
+        """``(N, 3, H, W)`` of a model exported with ``--static`` (None: dynamic axes)."""
 
     @property
     def num_classes(self) -> int:
         return self._num_classes
+
+    def _check_static(self, shape: tuple[int, ...]) -> None:
+        """A static model runs only its own size: refuse others in one line with what works instead."""
+        fixed = self.fixed_shape
+        if fixed is None or (tuple(shape[1:]) == fixed[1:] and shape[0] % fixed[0] == 0):
+            return
+        if tuple(shape[1:]) != fixed[1:] and fixed[2] == fixed[3]:
+            how = (
+                f"run it with --mode slide --crop-size {fixed[2]} (Python: mode='slide', "
+                f"crop_size={fixed[2]}), or re-export without --static"
+            )
+        else:
+            how = "re-export without --static for dynamic batch and size"
+        raise InputError(
+            f"{self.path}: static ONNX model (exported with --static) takes only {'x'.join(map(str, fixed))} "
+            f"inputs (batch x channels x height x width), got {'x'.join(map(str, shape))}; {how}"
+        )
 
     def _session_for(self, device: torch.device) -> Any:
         key = "cuda" if device.type == "cuda" else "cpu"
@@ -297,10 +356,32 @@ class OnnxModel(nn.Module):
         return self._sessions[key]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        self._check_static(tuple(x.shape))
         session = self._session_for(x.device)
-        array = x.detach().float().cpu().numpy()
-        out = session.run([_OUTPUT], {_INPUT: np.ascontiguousarray(array)})[0]
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        step = self.fixed_shape[0] if self.fixed_shape is not None else len(array)
+        # a static model's batch is fixed: larger batches (flips, windows) run in chunks of it
+        parts = [session.run([_OUTPUT], {_INPUT: array[i : i + step]})[0] for i in range(0, len(array), step)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return {"out": torch.from_numpy(out).to(x.device)}
+
+
+def _calibration_batch(index: int, image: Any) -> np.ndarray:
+    """One calibration input as ``(N, 3, H, W)`` float32, or a one-line error saying what to pass."""
+    array = image.detach().float().cpu().numpy() if isinstance(image, Tensor) else image
+    if isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.ndim in (3, 4):
+        batch = array[None] if array.ndim == 3 else array
+        if batch.shape[1] == 3:
+            return np.ascontiguousarray(batch, dtype=np.float32)
+    described = (
+        f"{array.dtype} array of shape {array.shape}"
+        if isinstance(array, np.ndarray)
+        else type(image).__name__
+    )
+    raise InputError(
+        f"calibration image {index}: expected a normalised float (3, H, W) or (N, 3, H, W) tensor, got "
+        f"{described}; normalise images with model.preprocess.to_tensor(image) (from an (H, W, 3) RGB array)"
+    )
 
 
 def quantize_int8(
@@ -316,8 +397,13 @@ def quantize_int8(
 
     Args:
         onnx_path: an fp32 model from :func:`export_onnx`.
-        out_path: where to write the quantized model.
-        calibration_images: normalised ``(N, 3, H, W)`` (or ``(3, H, W)``) tensors, a few dozen.
+        out_path: where to write the quantized model (not ``onnx_path`` itself).
+        calibration_images: normalised float ``(N, 3, H, W)`` or ``(3, H, W)`` tensors (or numpy
+            arrays), a few dozen, e.g. ``model.preprocess.to_tensor(load_image(path))``.
+
+    Raises:
+        InputError: no or malformed calibration images (e.g. raw ``(H, W, 3)`` uint8 images),
+            ``out_path`` equal to ``onnx_path``, onnxruntime not installed.
     """
     _require("onnxruntime")
     from onnxruntime.quantization import (
@@ -328,9 +414,11 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = [(t[None] if t.dim() == 3 else t).float().cpu().numpy() for t in calibration_images]
+    batches = [_calibration_batch(i, image) for i, image in enumerate(calibration_images)]
     if not batches:
         raise InputError("quantize_int8 needs at least one calibration image")
+    if Path(out_path).resolve() == Path(onnx_path).resolve():
+        raise InputError(f"{out_path}: is the input model itself; write the quantized model to another file")
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -342,7 +430,10 @@ def quantize_int8(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    prepared = out_path.with_suffix(".pre.onnx")
+    # a fresh name for the pre-processed graph: a fixed one could be the input or a user's file
+    handle, name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".pre.onnx", dir=out_path.parent)
+    os.close(handle)
+    prepared = Path(name)
     try:
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         source = prepared

@@ -2,12 +2,14 @@
 
 Example::
 
-    from pspnet.io.checkpoint import load_model
-    from pspnet.predict import predict
+    from pspnet import load_model, predict
 
     model = load_model("pspnet50_ade20k.safetensors")
     result = predict(model, "room.jpg", mode="slide", flip=True)
     result.labels        # (H, W) class ids at the input size
+
+``predict("model.onnx", image)`` runs an exported model with onnxruntime, as ``pspnet predict
+--model model.onnx`` does.
 """
 
 from __future__ import annotations
@@ -116,7 +118,11 @@ def predict(
     """Segment one image with the authors' inference protocol (see :mod:`pspnet.engine.inference`).
 
     Args:
-        model: a PSPNet, or the path of a model file written by ``save_model``.
+        model: a PSPNet (or an :class:`~pspnet.export.OnnxModel`), or the path of a model file:
+            a ``.safetensors`` written by ``save_model`` / ``pspnet convert``, or an ``.onnx``
+            written by ``pspnet export`` (what ``pspnet predict --model`` accepts). Released
+            checkpoints (``.pth``, ``.caffemodel``) are refused with the ``pspnet convert`` command
+            that imports them.
         image: ``(H, W, 3)`` RGB ``uint8`` array (grey and RGBA arrays are converted, other
             dtypes and layouts refused: see :func:`as_rgb_uint8`), or an image file path (grey,
             RGBA and 16-bit files are converted to 8-bit RGB; truncated files are refused).
@@ -134,11 +140,18 @@ def predict(
         DataError: unreadable, truncated or oversized image file (the message names it).
     """
     if isinstance(model, (str, os.PathLike)):
-        from pspnet.io.checkpoint import load_model
+        from pspnet.io.checkpoint import open_model
 
-        model = load_model(model)
+        model = open_model(model)
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a PSPNet or a model file path, got {type(model).__name__}")
+    missing = [name for name in ("preprocess", "num_classes") if not hasattr(model, name)]
+    if missing:
+        raise InputError(
+            f"model must be a pspnet model (pspnet.create_model, pspnet.load_model or an OnnxModel): a "
+            f"{type(model).__name__} has no {' or '.join(missing)}, which say how to normalise the image "
+            "and how many classes to expect"
+        )
     source = None
     if isinstance(image, (str, os.PathLike)):
         source = image

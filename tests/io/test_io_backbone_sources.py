@@ -245,11 +245,16 @@ def test_mismatched_model_is_refused_with_the_overrides_to_use(tmp_path: Path) -
     torch.save(mmcv_resnet_v1c(_Values()), tmp_path / "resnet50_v1c.pth")
     with pytest.raises(InputError, match=r"create_model\('pspnet50', stem_width=32\)"):
         load_backbone_weights(model, tmp_path / "resnet50_v1c.pth")
-    with pytest.raises(InputError, match=r"depth=101"):
+    with pytest.raises(InputError, match=r"depth=101") as err:
         load_backbone_weights(
             create_model("pspnet101", num_classes=5, widths=WIDTHS, stem_width=32),
             tmp_path / "resnet50_v1c.pth",
         )
+    # a ResNet-50 file for a ResNet-101 preset: the ResNet-50 preset, not "pspnet101 with depth=50"
+    message = str(err.value)
+    assert "an OpenMMLab ResNet-50 (deep stem 32-32-64) checkpoint" in message
+    assert "create_model('pspnet50')" in message and "model.preset: pspnet50" in message
+    assert "depth=50" not in message
 
 
 def test_wrong_files_are_refused_clearly(tmp_path: Path) -> None:
@@ -272,3 +277,23 @@ def test_wrong_files_are_refused_clearly(tmp_path: Path) -> None:
         load_backbone_weights(model, tmp_path / "resnet50t.pth")
     with pytest.raises(InputError, match="no such file"):
         load_backbone_weights(model, tmp_path / "absent.pth")
+
+
+def test_bookkeeping_objects_in_a_backbone_file_are_skipped_and_reported(tmp_path: Path) -> None:
+    """An mmpretrain/mmengine-trained classifier pickles its trainer's objects next to the weights."""
+    import sys
+    import types
+
+    ghost = types.ModuleType("ghost_trainer_xyz")
+    ghost.History = type("History", (), {"__module__": "ghost_trainer_xyz"})
+    sys.modules["ghost_trainer_xyz"] = ghost
+    try:
+        state = mmcv_resnet_v1c(_Values())
+        torch.save({"state_dict": state, "message_hub": {"loss": ghost.History()}}, tmp_path / "r50.pth")
+    finally:
+        del sys.modules["ghost_trainer_xyz"]
+    model = create_model("pspnet50", num_classes=5, widths=WIDTHS, stem_width=32)
+    report = load_backbone_weights(model, tmp_path / "r50.pth")
+    assert report.skipped == ["ghost_trainer_xyz.History"]
+    assert "never imported or run: ghost_trainer_xyz.History" in report.summary()
+    assert torch.equal(model.backbone.layer4[0].conv2.weight, state["layer4.0.conv2.weight"])

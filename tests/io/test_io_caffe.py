@@ -391,11 +391,11 @@ def test_a_renamed_caffemodel_is_recognised(
 def test_a_text_file_starting_with_a_newline_is_not_taken_for_a_caffemodel(tmp_path: Path) -> None:
     """0x0a is also a newline: the name after it must be a short printable string followed by a
     NetParameter field, so a stray text file gets the torch reader's error, not the Caffe hint."""
-    from pspnet.io.convert import _looks_like_caffemodel, detect_source
+    from pspnet.io.convert import detect_source, looks_like_caffemodel
 
     text = tmp_path / "notes.pth"
     text.write_text("\nthese are not weights, just a note that was saved with the wrong name\n")
-    assert not _looks_like_caffemodel(text)
+    assert not looks_like_caffemodel(text)
     with pytest.raises(InputError) as info:
         detect_source(text)
     assert "Caffe" not in str(info.value)

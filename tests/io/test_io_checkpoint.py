@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,105 @@ def test_plain_tensor_checkpoint_reads(tmp_path: Path) -> None:
     (tmp_path / "trunc.pth").write_bytes(b"\x80\x02garbage")
     with pytest.raises(InputError, match="trunc.pth"):
         read_torch_file(tmp_path / "trunc.pth")
+
+
+def test_refusal_names_the_object_without_torchs_allowlisting_advice(tmp_path: Path) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": _Payload(tmp_path / "x")}, tmp_path / "evil.pth")
+    with pytest.raises(UnsafeFileError) as err:
+        read_torch_file(tmp_path / "evil.pth")
+    message = str(err.value)
+    assert "it pickles posix.system" in message and "add_safe_globals" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", r"\(empty file\)"),
+        (b"hello\n", "not a PyTorch checkpoint"),
+        (b"\x80\x02}q\x00(X", "not a readable"),
+    ],
+)
+def test_damaged_or_foreign_files_are_one_line_input_errors(
+    content: bytes, expected: str, tmp_path: Path
+) -> None:
+    """Any bytes: never a raw KeyError/IndexError from the unpickler, never called unsafe."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=rf"weights\.pth: .*{expected}") as err:
+        read_torch_file(path)
+    assert not isinstance(err.value, UnsafeFileError)
+    with pytest.raises(InputError, match=rf"weights\.pth: .*{expected}"):
+        create_model("pspnet_tiny", num_classes=3, backbone_weights=path)
+
+
+def test_random_bytes_never_escape_as_raw_errors(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    for i in range(40):
+        head = rng.choice([b"\x80\x02", b"PK\x03\x04", b""])
+        path = tmp_path / f"junk{i}.pth"
+        path.write_bytes(head + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))))
+        with pytest.raises(InputError, match=f"junk{i}.pth"):
+            read_torch_file(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "expected"),
+    [
+        ("train_epoch_100.pth", lambda p: torch.save({"state_dict": {}}, p), "a PyTorch checkpoint"),
+        (
+            "model.pth.tar",
+            lambda p: torch.save({"a": 1}, p, _use_new_zipfile_serialization=False),
+            "a PyTorch checkpoint",
+        ),
+        ("pspnet50.caffemodel", lambda p: p.write_bytes(b"\n\x04ade1\xa2\x06\x00"), "a Caffe model"),
+    ],
+)
+def test_released_files_given_as_a_model_say_how_to_import_them(
+    name: str, writer, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from pspnet import predict
+
+    path = tmp_path / name
+    writer(path)
+    stem = name.split(".")[0]
+    fix = f"pspnet convert {path} {tmp_path / stem}.safetensors"
+    with pytest.raises(InputError, match=rf"{name}: {expected}.*import it first with '{re.escape(fix)}'"):
+        load_model(path)
+    with pytest.raises(InputError, match="pspnet convert"):
+        predict(path, np.zeros((16, 16, 3), np.uint8))
+    assert main(["export", "--model", str(path), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert fix in capsys.readouterr().err
+
+
+def test_only_a_pspnet_is_saved_and_never_onto_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="save_model needs a pspnet PSPNet, got Conv2d"):
+        save_model(torch.nn.Conv2d(3, 5, 1), tmp_path / "c.safetensors")
+    model = create_model("pspnet_tiny", num_classes=3)
+    with pytest.raises(InputError, match=r"got DataParallel; pass model\.module"):
+        save_model(torch.nn.DataParallel(model), tmp_path / "c.safetensors")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(
+        InputError, match=r"out: is a directory; give a file name, e\.g\. .*out/model\.safetensors"
+    ):
+        save_model(model, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any((tmp_path / "out").iterdir())
+
+
+def test_from_pretrained_also_takes_the_model_file(tmp_path: Path) -> None:
+    model = create_model("pspnet_tiny", num_classes=3)
+    save_pretrained(model, tmp_path / "dir")
+    assert _outputs_equal(model, from_pretrained(tmp_path / "dir" / "model.safetensors"))
+
+
+def test_predict_refuses_a_plain_module_in_one_line() -> None:
+    import numpy as np
+
+    from pspnet import predict
+
+    with pytest.raises(InputError, match="a Conv2d has no preprocess or num_classes"):
+        predict(torch.nn.Conv2d(3, 5, 1), np.zeros((16, 16, 3), np.uint8))

@@ -313,7 +313,9 @@ def test_converted_model_computes_mmsegmentation_logits(
 
 def test_float32_equivalence_and_cli_end_to_end(tmp_path: Path, capsys) -> None:
     sd = mmseg_pspnet_state(50, seed=5, **SMALL)
-    classes = ("road", "sidewalk", "building", *(f"c{i}" for i in range(16)))
+    from pspnet.data.info import CITYSCAPES
+
+    classes = CITYSCAPES.class_names  # the preset must name the same classes (checked)
     src = _save(tmp_path, sd, CITYSCAPES_FILE, {"config": CONFIG_TEXT, "CLASSES": classes})
     dst = tmp_path / "pspnet50_cityscapes_mmseg.safetensors"
     assert main(["convert", str(src), str(dst), "--preset", "pspnet50_cityscapes"]) == 0
@@ -416,3 +418,54 @@ def test_unknown_keys_and_unsupported_layouts_are_refused(tmp_path: Path) -> Non
     basic = {k: v for k, v in basic.items() if not k.startswith(("backbone.layer3.4", "backbone.layer3.5"))}
     with pytest.raises(InputError, match="BasicBlock"):
         convert_checkpoint(_save(tmp_path, basic, "c.pth"), None)
+
+
+def test_class_names_are_stored_without_a_preset_and_checked_against_one(tmp_path: Path) -> None:
+    sd = mmseg_pspnet_state(50, **SMALL)
+    names = tuple(f"thing{i}" for i in range(19))
+    palette = [[i, 2 * i, 3 * i] for i in range(19)]
+    square = CONFIG_TEXT + "crop_size = (512, 512)\n"
+    src = _save(tmp_path, sd, "pspnet_mine.pth", {"config": square, "CLASSES": names, "PALETTE": palette})
+    result = convert_checkpoint(src, tmp_path / "mine.safetensors")
+    info = load_model(tmp_path / "mine.safetensors").dataset_info
+    assert info is not None and info.class_names == names and info.crop_size == 512
+    assert info.palette == tuple(tuple(c) for c in palette)
+    assert any("label space stored from the file" in note for note in result.notes)
+    # a crop the dataset info cannot hold (Cityscapes' 512x1024): not stored, and the note says why
+    wide = _save(
+        tmp_path, sd, "wide.pth", {"config": CONFIG_TEXT + "crop_size = (512, 1024)\n", "CLASSES": names}
+    )
+    result = convert_checkpoint(wide, None)
+    assert result.model.dataset_info is None
+    assert any("class names not stored" in note for note in result.notes)
+    # a preset with the same class count but other classes: refused, named
+    with pytest.raises(
+        InputError, match=r"trained on other classes than preset 'pspnet50_cityscapes'.*'thing0' vs 'road'"
+    ):
+        convert_checkpoint(src, None, preset="pspnet50_cityscapes")
+    # spelling differences only: accepted, the preset's names kept, the differences noted
+    from pspnet.data.info import CITYSCAPES
+
+    spelled = [n.upper() if i else "Road_Surface" for i, n in enumerate(CITYSCAPES.class_names)]
+    close = _save(tmp_path, sd, "close.pth", {"config": CONFIG_TEXT, "CLASSES": spelled})
+    result = convert_checkpoint(close, None, preset="pspnet50_cityscapes")
+    assert result.model.dataset_info == CITYSCAPES
+    assert any("1 class names differ" in note and "'Road_Surface' vs 'road'" in note for note in result.notes)
+
+
+def test_mmengine_checkpoint_with_numpy_meta_converts(tmp_path: Path) -> None:
+    """MMSegmentation 1.x (mmengine) files: numpy scalars in ``meta`` and a ``message_hub``."""
+    import numpy as np
+
+    sd = mmseg_pspnet_state(50, seed=2, **SMALL)
+    path = tmp_path / "pspnet_r50-d8_4xb2-80k_cityscapes-512x1024.pth"
+    meta = {"cfg": CONFIG_TEXT, "seed": np.int64(5), "dataset_meta": {"classes": ["road"] * 19}}
+    torch.save({"meta": meta, "state_dict": sd, "message_hub": {"runtime_info": {"iter": np.int64(8)}}}, path)
+    result = convert_checkpoint(path, None)
+    assert result.report.complete and result.source == "mmseg"
+    assert any("numpy" in note for note in result.notes)
+    assert any("not imported (not part of the network): message_hub" in note for note in result.notes)
+    img = torch.randn(1, 3, 41, 57, generator=torch.Generator().manual_seed(3))
+    ref_out, _ = mmseg_forward(sd, img)
+    out, _ = _ours(result.model, img)
+    assert (out - ref_out).abs().max().item() < 1e-4 * max(1.0, ref_out.abs().max().item())

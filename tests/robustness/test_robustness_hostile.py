@@ -213,3 +213,61 @@ def test_a_symlink_inside_the_root_cannot_lead_a_relative_path_out(tmp_path: Pat
     assert [s.image for s in open_dataset(listing, "list", num_classes=3).samples] == [
         tmp_path / "private" / "x.png"
     ]  # the same file by an absolute path: a deliberate choice, accepted
+
+
+# ------------------------------------------- stand-ins for third-party objects (read_release_file)
+
+
+def _torch_file_with_pickle(path: Path, data_pkl: bytes) -> Path:
+    """A torch.save zip archive whose ``data.pkl`` is hand-written (a pickler cannot write these)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save({"a": 1}, buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            out.writestr(
+                info.filename, data_pkl if info.filename.endswith("/data.pkl") else source.read(info)
+            )
+    return path
+
+
+_CRAFTED = {
+    # the stand-in for a third-party function, called, and its result called again as a function
+    "call the result": b"\x80\x02cghost_mod_xyz\nFn\n)R)R.",
+    # a stand-in next to os.system: the file names standard-library code, refused before unpickling
+    "next to os.system": b"\x80\x02cghost_mod_xyz\nFn\n)Rcposix\nsystem\nX\x04\x00\x00\x00true\x85R.",
+    # a stand-in used as the dict that would hold the tensors
+    "as the container": b"\x80\x02cghost_mod_xyz\nFn\n)RX\x01\x00\x00\x00wK\x01s.",
+}
+
+
+@pytest.mark.parametrize("case", list(_CRAFTED))
+def test_stand_ins_cannot_be_used_as_code_or_containers(case: str, tmp_path: Path) -> None:
+    """The stand-ins of :func:`read_release_file` run nothing, and a pickle that would need them to
+    be functions or containers is refused in one line, through ``pspnet convert`` too."""
+    import sys
+
+    from pspnet.io.checkpoint import read_release_file
+
+    path = _torch_file_with_pickle(tmp_path / "crafted.pth", _CRAFTED[case])
+    with pytest.raises(UnsafeFileError, match=r"crafted\.pth: refused") as err:
+        read_release_file(path)
+    assert "\n" not in str(err.value)
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 2
+    assert "ghost_mod_xyz" not in sys.modules and not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_stand_in_is_inert_and_never_used_as_weights(tmp_path: Path) -> None:
+    from pspnet.io.checkpoint import SkippedObject, read_release_file
+
+    # Fn() then BUILD with a state: both ignored, the stand-in keeps nothing from the file
+    built = b"\x80\x02}X\x01\x00\x00\x00wcghost_mod_xyz\nFn\n)R}X\x03\x00\x00\x00abcK\x01sbs."
+    release = read_release_file(_torch_file_with_pickle(tmp_path / "built.pth", built))
+    stand_in = release.content["w"]
+    assert isinstance(stand_in, SkippedObject) and vars(stand_in) == {}
+    assert release.skipped == ("ghost_mod_xyz.Fn",)
+    with pytest.raises(InputError, match=r"built\.pth: entry 'w' is a pickled ghost_mod_xyz\.Fn object"):
+        create_model("pspnet_tiny", num_classes=3, backbone_weights=tmp_path / "built.pth")

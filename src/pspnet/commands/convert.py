@@ -12,15 +12,17 @@ DESCRIPTION = (
     "Convert a released PSPNet checkpoint: the authors' PyTorch release (semseg, train_epoch_*.pth), "
     "MMSegmentation PSPNet checkpoints (mmseg), or the authors' Caffe models (caffe, .caffemodel). "
     "Torch files are read with torch.load(weights_only=True) only: a checkpoint that would need "
-    "arbitrary code execution to unpickle is refused. Caffe files are parsed as protobuf data, "
-    "without Caffe. Example: "
+    "arbitrary code execution to unpickle is refused. Bookkeeping objects of training libraries "
+    "pickled next to the weights (MMSegmentation 1.x / mmengine message_hub, numpy scalars) are "
+    "skipped without importing or running their code, and named in a note. Caffe files are parsed "
+    "as protobuf data, without Caffe. Example: "
     "pspnet convert train_epoch_100.pth pspnet50_ade20k.safetensors --preset pspnet50_ade20k"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="checkpoint to import (.pth or .caffemodel)")
-    parser.add_argument("dst", help="output .safetensors path")
+    parser.add_argument("dst", help="output path, ending in .safetensors (not SRC itself)")
     parser.add_argument(
         "--source",
         default="auto",

@@ -24,12 +24,22 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="model file (.safetensors)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="model file (.safetensors; import released .pth/.caffemodel files with 'pspnet convert' first)",
+    )
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     parser.add_argument("--out", required=True, type=Path, help="output file, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument(
-        "--static", action="store_true", help="fix batch 1 and the example size instead of dynamic axes"
+        "--opset", type=int, default=17, help="ONNX opset, 11 to the newest torch writes (default 17)"
+    )
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="fix batch 1 and the example size instead of dynamic axes; the model then runs only that "
+        "size (pspnet predict/eval: --mode slide --crop-size SIZE for a square one)",
     )
     parser.add_argument(
         "--example-size", type=_size, default=(129, 129), help="tracing input size HxW (default 129x129)"
@@ -39,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_size,
         nargs="*",
         default=[(129, 129), (97, 129), (128, 160)],
-        help="sizes HxW checked against PyTorch with onnxruntime (none: skip)",
+        help="sizes HxW checked against PyTorch with onnxruntime (none: skip); with --static only the "
+        "example size can be checked",
     )
     parser.add_argument(
         "--tolerance", type=float, default=1e-3, help="max abs logit difference accepted (default 1e-3)"
@@ -48,17 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pspnet.errors import InputError
-    from pspnet.export import export_onnx, verify_onnx
+    from pspnet.export import check_opset, export_onnx, verify_onnx
     from pspnet.io.checkpoint import load_model
 
     if args.model.suffix.lower() == ".onnx":
         raise InputError(f"{args.model}: already ONNX; pass the .safetensors model to export")
+    check_opset(args.opset)  # before loading the model: a typo should not cost a load
     model = load_model(args.model)
     path = export_onnx(
         model, args.out, opset=args.opset, dynamic=not args.static, example_size=tuple(args.example_size)
     )
     print(f"wrote {path} (opset {args.opset}, {'static' if args.static else 'dynamic batch/height/width'})")
-    sizes = [tuple(args.example_size)] if args.static else list(args.verify_sizes)
+    sizes = list(args.verify_sizes)
+    if args.static and sizes:
+        sizes = [tuple(args.example_size)]
+    if sizes and {tuple(s) for s in args.verify_sizes} - set(sizes):
+        example = "x".join(map(str, args.example_size))
+        print(f"  note: a static model runs only its example size: verifying {example} only")
     if not sizes:
         return 0
     diffs = verify_onnx(model, path, sizes)

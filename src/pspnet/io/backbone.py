@@ -32,7 +32,7 @@ from pathlib import Path
 from torch import Tensor
 
 from pspnet.errors import InputError
-from pspnet.io.checkpoint import LoadReport, load_state_dict_into, read_torch_file
+from pspnet.io.checkpoint import LoadReport, load_state_dict_into, read_release_file
 from pspnet.io.convert import unwrap_state_dict
 from pspnet.models.pspnet import PSPNet
 
@@ -84,11 +84,12 @@ _STEM_MAPS: dict[str, dict[str, str]] = {
 
 BACKBONE_SOURCES = ("semseg", "torchvision", "timm", "openmmlab")
 
+# source -> (what it is, written before the depth: "<name>-50"; where it comes from, or "")
 _DESCRIPTIONS = {
-    "semseg": "hszhao/semseg deep-stem ResNet (resnet*_v2.pth)",
-    "torchvision": "torchvision-style ResNet (7x7 stem)",
-    "timm": "timm ResNet",
-    "openmmlab": "OpenMMLab ResNet",
+    "semseg": ("hszhao/semseg ResNet", "resnet*_v2.pth"),
+    "torchvision": ("torchvision-style ResNet", ""),
+    "timm": ("timm ResNet", ""),
+    "openmmlab": ("OpenMMLab ResNet", ""),
 }
 
 # (bottleneck blocks?, blocks in layer3) -> depth
@@ -121,7 +122,8 @@ class BackboneLayout:
         )
         shortcut = ", avg-pool shortcuts" if self.avg_down else ""
         depth = f"-{self.depth}" if self.depth else ""
-        return f"{_DESCRIPTIONS[self.source]}{depth} ({stem}{shortcut})"
+        name, origin = _DESCRIPTIONS[self.source]
+        return f"{name}{depth} ({stem}{shortcut}{', ' + origin if origin else ''})"
 
 
 @dataclass
@@ -130,16 +132,29 @@ class BackboneReport(LoadReport):
 
     source: str = ""
     dropped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def summary(self, limit: int = 8) -> str:
         text = f"{self.source}: {super().summary(limit)}"
         if self.dropped:
             text += f"; {len(self.dropped)} classifier tensors dropped ({', '.join(self.dropped[:limit])})"
+        if self.skipped:
+            text += f"; pickled objects skipped, never imported or run: {', '.join(self.skipped[:limit])}"
         return text
 
 
 def read_backbone_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """The tensors of an ImageNet checkpoint: ``.safetensors`` (timm on the Hugging Face Hub) or torch."""
+    """The tensors of an ImageNet checkpoint: ``.safetensors`` (timm on the Hugging Face Hub) or torch.
+
+    Torch files are read by :func:`~pspnet.io.checkpoint.read_release_file`: bookkeeping objects
+    pickled next to the weights are replaced by inert stand-ins (never imported or run), code is
+    refused.
+    """
+    return _read_backbone_file(path)[0]
+
+
+def _read_backbone_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """(tensors, pickled names skipped by the reader)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -148,10 +163,11 @@ def read_backbone_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path)))
+            return dict(load_file(str(path))), ()
         except (SafetensorError, OSError) as exc:
             raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
-    return unwrap_state_dict(read_torch_file(path), str(path))
+    release = read_release_file(path)
+    return unwrap_state_dict(release.content, str(path)), release.skipped
 
 
 def _strip_backbone_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -259,7 +275,7 @@ def imagenet_to_backbone(
         )
     if unknown or "backbone.stem.0.weight" not in mapped:
         raise InputError(
-            f"not {_a(_DESCRIPTIONS[source])} checkpoint: {len(unknown)} keys of no ResNet backbone, "
+            f"not {_a(_DESCRIPTIONS[source][0])} checkpoint: {len(unknown)} keys of no ResNet backbone, "
             f"e.g. {unknown[:5]}" + ("" if unknown else " (no stem convolution found)")
         )
     layout = _layout(source, mapped)
@@ -286,13 +302,32 @@ def _check_fits(path: str | os.PathLike[str], model: PSPNet, layout: BackboneLay
     if not changes:
         return
     current = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in wanted)
-    overrides = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+    preset = _preset_of_depth(model.preset_name, cfg.depth, changes.get("depth"))
+    if preset != model.preset_name:
+        changes.pop("depth")  # the preset of that depth says it
+    args = "".join(f", {k}={v!r}" for k, v in changes.items())
     yaml = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
+    config = [f"model.preset: {preset}"] if preset != model.preset_name else []
+    config += [f"model.overrides {{{yaml}}}"] if changes else []
     raise InputError(
         f"{path}: {_a(layout.describe())} checkpoint does not fit the model's {cfg.stem}-stem "
         f"ResNet-{cfg.depth} backbone ({current}); build the model with "
-        f"create_model({model.preset_name!r}, {overrides}) (training config: model.overrides {{{yaml}}})"
+        f"create_model({preset!r}{args}) (training config: {', '.join(config)})"
     )
+
+
+def _preset_of_depth(preset: str, depth: int, wanted: int | None) -> str:
+    """``pspnet50_ade20k`` for ``pspnet101_ade20k`` and depth 50 when that preset exists, else ``preset``."""
+    from pspnet.models.registry import get_preset
+
+    if wanted is None or str(depth) not in preset:
+        return preset
+    candidate = preset.replace(str(depth), str(wanted), 1)
+    try:
+        get_preset(candidate)
+    except ValueError:
+        return preset
+    return candidate
 
 
 def load_backbone_weights(
@@ -311,7 +346,8 @@ def load_backbone_weights(
         classifier. Every backbone tensor must be found with the right shape, else InputError.
     """
     try:
-        mapped, dropped, layout = imagenet_to_backbone(read_backbone_file(path), source)
+        state, skipped = _read_backbone_file(path)
+        mapped, dropped, layout = imagenet_to_backbone(state, source)
     except InputError as exc:
         if str(exc).startswith(str(path)):
             raise
@@ -319,7 +355,13 @@ def load_backbone_weights(
     _check_fits(path, model, layout)
     loaded = load_state_dict_into(model, mapped, allow_partial=True)
     report = BackboneReport(
-        loaded.loaded, loaded.missing, loaded.unexpected, loaded.mismatched, layout.source, dropped
+        loaded.loaded,
+        loaded.missing,
+        loaded.unexpected,
+        loaded.mismatched,
+        layout.source,
+        dropped,
+        list(skipped),
     )
     # BN batch counters: some releases (timm) strip them; they do not change the function
     backbone_missing = [

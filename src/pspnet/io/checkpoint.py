@@ -15,11 +15,12 @@ import json
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,12 +37,15 @@ from pspnet.models.registry import attach_metadata
 __all__ = [
     "FORMAT_NAME",
     "LoadReport",
+    "ReleaseFile",
+    "SkippedObject",
     "atomic_write",
     "from_pretrained",
     "load_model",
     "load_state_dict_into",
     "open_model",
     "read_model_metadata",
+    "read_release_file",
     "read_torch_file",
     "save_model",
     "save_pretrained",
@@ -132,7 +136,10 @@ def load_state_dict_into(
             report.loaded.append(key)
     report.missing = [k for k in own if k not in state_dict]
     if not report.complete and not allow_partial:
-        raise InputError(f"weights do not match the model: {report.summary()}; pass allow_partial to accept")
+        raise InputError(
+            f"weights do not match the model: {report.summary()}; "
+            "load_state_dict_into(..., allow_partial=True) accepts a partial load"
+        )
     model.load_state_dict(to_load, strict=False)
     return report
 
@@ -205,6 +212,8 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
             the temporary file is removed and ``path`` keeps its previous content, if any.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name, e.g. {path / 'model.safetensors'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -240,8 +249,27 @@ def save_torch_file(obj: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
+def _require_pspnet(model: Any, action: str) -> None:
+    """Refuse anything but a PSPNet in one line, naming the usual wrappers' way back to it."""
+    if isinstance(model, PSPNet):
+        return
+    inner = next((a for a in ("module", "_orig_mod") if isinstance(getattr(model, a, None), PSPNet)), None)
+    hint = (
+        f"; pass model.{inner} (the PSPNet inside the {type(model).__name__} wrapper)"
+        if inner
+        else "; build one with pspnet.create_model or pspnet.load_model"
+    )
+    raise InputError(f"{action} needs a pspnet PSPNet, got {type(model).__name__}{hint}")
+
+
 def save_model(model: PSPNet, path: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> Path:
-    """Write ``model`` (weights + config + label space + preprocessing) to one safetensors file."""
+    """Write ``model`` (weights + config + label space + preprocessing) to one safetensors file.
+
+    Raises:
+        InputError: ``model`` is not a PSPNet (only a PSPNet has the config that rebuilds it), or
+            ``path`` is a directory.
+    """
+    _require_pspnet(model, "save_model")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Serialised in memory and written with a plain file write: a full disk then raises a real
     # OSError(ENOSPC) that atomic_write reports in one line (safetensors' own writer wraps it).
@@ -258,6 +286,9 @@ def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
     except (SafetensorError, OSError) as exc:
+        foreign = _foreign_model_hint(path)
+        if foreign:
+            raise InputError(f"{path}: {foreign}") from exc
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
     if meta.get("format") != FORMAT_NAME:
         raise InputError(
@@ -265,6 +296,32 @@ def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             "'pspnet convert' first"
         )
     return meta
+
+
+def _foreign_model_hint(path: Path) -> str | None:
+    """What a file given as a model is instead, with the fix, when we can tell: the released
+    checkpoints (``.pth``, ``.caffemodel``) and exported ONNX files are the usual mix-ups."""
+    from pspnet.io.convert import looks_like_caffemodel  # convert imports this module
+
+    convert = f"import it first with 'pspnet convert {path} {_stem(path)}.safetensors'"
+    if _looks_like_safetensors(path):  # a damaged safetensors file: its own error says more
+        return None
+    kind = _torch_file_kind(path)
+    if kind in ("zip", "pickle", "tar"):
+        return f"a PyTorch checkpoint, not a pspnet model file; {convert}"
+    if path.suffix.lower() == ".caffemodel" or looks_like_caffemodel(path):
+        return f"a Caffe model, not a pspnet model file; {convert}"
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model: open it with pspnet.io.checkpoint.open_model or pspnet.export.OnnxModel"
+    return None
+
+
+def _stem(path: Path) -> str:
+    """``path`` without its suffixes (``a.pth.tar`` -> ``a``), for suggested output names."""
+    name = path.name
+    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".bin", ".caffemodel", ".safetensors"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    return str(path.with_name(name or "model"))
 
 
 def _model_from_metadata(meta: Mapping[str, str], path: Path) -> PSPNet:
@@ -328,7 +385,8 @@ def open_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     """A pspnet ``.safetensors`` model, or an exported ``.onnx`` one run by onnxruntime.
 
     Both answer ``model(x) -> {"out": logits}`` and carry ``num_classes``, ``preprocess`` and
-    ``dataset_info``, which is all that prediction and evaluation use.
+    ``dataset_info``, which is all that prediction and evaluation use. A released checkpoint
+    (``.pth``, ``.caffemodel``) is refused with the ``pspnet convert`` command that imports it.
     """
     if Path(path).suffix.lower() == ".onnx":
         from pspnet.export import OnnxModel
@@ -353,20 +411,102 @@ def save_pretrained(model: PSPNet, directory: str | os.PathLike[str]) -> Path:
 
 
 def from_pretrained(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> PSPNet:
-    """Load a directory written by :func:`save_pretrained` (the weights file is authoritative)."""
+    """Load a directory written by :func:`save_pretrained` (the weights file is authoritative).
+
+    A model file path is accepted too (loaded with :func:`load_model`).
+    """
     directory = Path(directory)
+    if directory.is_file():
+        return load_model(directory, map_location)
     if not (directory / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} (expected a save_pretrained directory)")
     return load_model(directory / WEIGHTS_NAME, map_location)
 
 
-def _unpickling_reason(exc: Exception) -> str:
-    """The line of torch's message that names the blocked object (not its advice to disable safety)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line
-    return type(exc).__name__
+# the restricted unpickler's refusals of objects it would have to build with code (torch 2.x wording)
+_NEEDS_CODE = re.compile(
+    r"GLOBAL|unsupported global|unrecognized function|can only build|can only create new object|"
+    r"persistent_load",
+    re.IGNORECASE,
+)
+_GLOBAL_NAME = re.compile(r"GLOBAL (\S+)")
+_TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "Check the documentation")
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The restricted unpickler's own line, out of torch's multi-line advice around it."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    own = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    return (own or lines or [""])[0]
+
+
+def _needs_code(exc: BaseException) -> bool:
+    """Whether the unpickler stopped at an object it would have to build with code."""
+    return bool(_NEEDS_CODE.search(_unpickling_detail(exc)))
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """What torch's refusal names (``it pickles posix.system``), without its advice to allowlist it."""
+    detail = _unpickling_detail(exc)
+    match = _GLOBAL_NAME.search(detail)
+    if match:
+        return f"it pickles {match.group(1)}"
+    return detail.split(". Please")[0][:200] or type(exc).__name__
+
+
+def _exception_text(exc: BaseException) -> str:
+    """The first sentence of ``str(exc)`` on one line, else the exception's type (some errors carry
+    no message, torch's zip reader appends a paragraph of advice)."""
+    text = " ".join(str(exc).split()).split(". ")[0]
+    return text[:200] or type(exc).__name__
+
+
+def _torch_file_kind(path: Path) -> str:
+    """``"zip"`` (torch >= 1.6), ``"pickle"`` (legacy torch.save), ``"tar"`` (torch < 0.4),
+    ``"empty"`` or ``"other"``."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(262)
+    except OSError:
+        return "other"
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[257:262] == b"ustar":
+        return "tar"
+    return "pickle" if head[:1] == b"\x80" else "other"
+
+
+def _check_torch_format(path: Path) -> None:
+    """Refuse in one line what is not a torch file at all (empty, text, a Caffe or safetensors file).
+
+    Without this, the restricted unpickler reads any bytes as opcodes and fails with errors such
+    as ``KeyError: 101`` or "would need arbitrary code execution (Unsupported operand 10)".
+    """
+    kind = _torch_file_kind(path)
+    if kind == "empty":
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (empty file)")
+    if kind == "other":
+        hint = ""
+        if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
+            hint = "; it is a safetensors file (pspnet.load_model reads pspnet ones)"
+        raise InputError(
+            f"{path}: not a PyTorch checkpoint (neither the zip archive nor the pickle that torch.save "
+            f"writes){hint}"
+        )
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
 
 
 def read_torch_file(path: str | os.PathLike[str]) -> Any:
@@ -374,17 +514,161 @@ def read_torch_file(path: str | os.PathLike[str]) -> Any:
 
     A file that needs arbitrary unpickling (pickled classes, functions, optimiser objects) is
     refused with :class:`UnsafeFileError`: the restricted unpickler stops before any of its code
-    runs, and we never retry with the unsafe loader.
+    runs, and we never retry with the unsafe loader. Third-party checkpoints that pickle harmless
+    bookkeeping objects next to their tensors go through :func:`read_release_file` instead.
+
+    Raises:
+        FileNotFoundError: no such file. UnsafeFileError: the file pickles code.
+        InputError: not a torch file, or damaged (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_torch_format(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _needs_code(exc):
+            raise InputError(
+                f"{path}: not a readable PyTorch checkpoint ({_unpickling_reason(exc)})"
+            ) from exc
         raise UnsafeFileError(
             f"{path}: refused: loading it would need arbitrary code execution ({_unpickling_reason(exc)}). "
             "Only tensors, numbers, strings and containers of them are accepted"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # the unpickler fails on damaged files with any exception type
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_exception_text(exc)})") from exc
+
+
+class SkippedObject:
+    """Inert stand-in for a pickled object whose class :func:`read_release_file` does not import.
+
+    Subclassed once per pickled name (``qualified_name``). It accepts any constructor arguments
+    and any pickled state and ignores them: no method of the real class exists here, so nothing
+    the file names can run. Such objects are never used; only tensors and strings are read.
+    """
+
+    qualified_name: ClassVar[str] = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SkippedObject:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<skipped {self.qualified_name}>"
+
+
+_STUBBABLE_STDLIB = frozenset(
+    {
+        "_codecs.encode",  # numpy arrays' bytes in protocol-2 pickles
+        "argparse.Namespace",
+        "collections.defaultdict",
+        "collections.deque",
+        "datetime.date",
+        "datetime.datetime",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "pathlib.Path",
+        "pathlib.PosixPath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "pathlib.WindowsPath",
+    }
+)
+"""Standard-library names seen in training checkpoints' bookkeeping (arguments, dates, paths)."""
+
+
+def _stubbable(name: str) -> bool:
+    """Whether a pickled global may be replaced by a :class:`SkippedObject`.
+
+    Stubs never run anything, whatever the name; this decides only which files are worth reading.
+    Training frameworks' bookkeeping (mmengine's ``HistoryBuffer``, numpy scalars, a trainer's own
+    classes) is; a file naming ``os.system``, ``builtins.eval`` or any other standard-library or
+    torch code (a whole pickled ``nn.Module``, an optimiser object) is hostile or not a weights
+    file, and stays refused.
+    """
+    root = name.split(".", 1)[0]
+    if name in _STUBBABLE_STDLIB:
+        return True
+    return root not in sys.stdlib_module_names and root not in ("torch", "__builtin__", "builtins")
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """A third-party checkpoint as read by :func:`read_release_file`.
+
+    Attributes:
+        content: what ``torch.load`` returned, with :class:`SkippedObject` stand-ins.
+        skipped: the pickled names replaced by stand-ins (empty for a plain weights file).
+    """
+
+    content: Any
+    skipped: tuple[str, ...] = ()
+
+    def note(self) -> str | None:
+        """A line for the user naming what was not read, or None."""
+        if not self.skipped:
+            return None
+        return (
+            "skipped pickled objects the weights do not need (their code was neither imported nor run): "
+            + ", ".join(self.skipped)
+        )
+
+
+def read_release_file(path: str | os.PathLike[str]) -> ReleaseFile:
+    """Read the tensors of a third-party checkpoint (released weights, someone's training run).
+
+    Checkpoints written by training frameworks pickle bookkeeping objects next to the weights
+    (mmengine's ``message_hub`` holds ``HistoryBuffer`` objects, ``meta`` numpy scalars), which
+    ``torch.load(weights_only=True)`` refuses. Here the file is first read as
+    :func:`read_torch_file` does; if that refuses it, the names it pickles are listed statically
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``, no unpickling) and the restricted
+    unpickler is run again with an inert :class:`SkippedObject` allowlisted under each name. The
+    named modules are never imported and their code never runs; only the tensors and strings of
+    the result may be used. Names of standard-library or torch code stay refused (see
+    :func:`_stubbable`), and so does a file whose tensors themselves need the skipped code.
+
+    Raises:
+        FileNotFoundError, UnsafeFileError, InputError: as :func:`read_torch_file`.
+    """
+    path = Path(path)
+    try:
+        return ReleaseFile(read_torch_file(path))
+    except UnsafeFileError as exc:
+        refusal = exc
+    try:
+        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))))
+    except Exception:  # legacy (non-zip) files or opcodes the scanner does not know: stay refused
+        raise refusal from None
+    if not names:
+        raise refusal
+    unsafe = [name for name in names if not _stubbable(name)]
+    if unsafe:
+        whole = any(name.startswith("torch.nn.modules.") for name in unsafe)
+        raise UnsafeFileError(
+            f"{path}: refused: loading it would need arbitrary code execution (it pickles "
+            f"{', '.join(unsafe[:5])}). Only tensors, numbers, strings and containers of them are accepted"
+            + ("; this is a whole pickled model: save model.state_dict() instead" if whole else "")
+        )
+    stubs = [
+        (type(name.rsplit(".", 1)[-1], (SkippedObject,), {"qualified_name": name}), name) for name in names
+    ]
+    try:
+        with torch.serialization.safe_globals(stubs):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise UnsafeFileError(
+            f"{path}: refused: part of its content (its tensors, or a container of them) needs the code of "
+            f"{', '.join(names[:5])}, which is never run here ({_unpickling_reason(exc)}); if you trust the "
+            "file, re-save its state dict as plain tensors with the library that wrote it"
+        ) from exc
+    return ReleaseFile(content, tuple(names))

@@ -11,8 +11,10 @@ Sources:
 - ``mmseg``: MMSegmentation PSPNet checkpoints (:mod:`pspnet.io.convert_mmseg`).
 - ``caffe``: the authors' Caffe ``.caffemodel`` files (:mod:`pspnet.io.convert_caffe`).
 
-Torch files are read with ``torch.load(weights_only=True)`` only (:func:`read_torch_file`): a
-checkpoint that would need arbitrary unpickling is refused, never executed.
+Torch files are read with ``torch.load(weights_only=True)`` only (:func:`read_release_file`): a
+checkpoint that would need arbitrary unpickling is refused, never executed. Bookkeeping objects
+that training frameworks pickle next to the weights (mmengine's ``HistoryBuffer``, numpy scalars)
+are replaced by inert stand-ins without importing their code, and named in a note.
 """
 
 from __future__ import annotations
@@ -25,12 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from pspnet.data.info import DatasetInfo
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import InputError
-from pspnet.io.checkpoint import LoadReport, load_state_dict_into, read_torch_file, save_model
+from pspnet.io.checkpoint import (
+    LoadReport,
+    ReleaseFile,
+    SkippedObject,
+    load_state_dict_into,
+    read_release_file,
+    save_model,
+)
 from pspnet.models.pspnet import PSPNet, PSPNetConfig
 from pspnet.models.registry import attach_metadata, get_preset
 
@@ -43,6 +53,8 @@ __all__ = [
     "detect_source",
     "infer_semseg_config",
     "load_init_weights",
+    "looks_like_caffemodel",
+    "read_checkpoint",
     "read_semseg",
     "semseg_to_pspnet",
     "unwrap_state_dict",
@@ -59,6 +71,9 @@ class ImportedWeights:
         preprocess: the input normalisation the weights were trained with.
         dropped: source tensors deliberately not imported, e.g. an optimizer's or a loss layer's.
         notes: facts the user should see, e.g. "PPM concatenation order reversed into ours".
+        class_names: the class names saved in the file, if any (checked against a ``--preset``).
+        dataset: the label space to store when no preset is given, if the file describes one whole.
+        dataset_note: a line about ``dataset`` (stored, or why not), shown without a preset.
     """
 
     config: PSPNetConfig
@@ -66,6 +81,9 @@ class ImportedWeights:
     preprocess: Preprocess = PYTORCH_PREPROCESS
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    class_names: tuple[str, ...] = ()
+    dataset: DatasetInfo | None = None
+    dataset_note: str | None = None
 
 
 SourceReader = Callable[[Path, tuple[int, ...]], ImportedWeights]
@@ -114,13 +132,19 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]
         )
     state: dict[str, Tensor] = {}
     for key, value in obj.items():
+        if isinstance(value, SkippedObject):
+            raise InputError(
+                f"{source}: entry {key!r} is a pickled {value.qualified_name} object, whose code is never "
+                "run here, not a plain tensor; re-save the state dict as plain tensors with the library "
+                "that wrote it"
+            )
         if not isinstance(value, Tensor):
             raise InputError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
         state[key[len("module.") :] if key.startswith("module.") else key] = value
     return state
 
 
-def semseg_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def semseg_to_pspnet(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
     """Rename the authors' keys to ours. Keys matching no known prefix raise (nothing is dropped)."""
     out: dict[str, Tensor] = {}
     unknown = []
@@ -133,35 +157,42 @@ def semseg_to_pspnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             unknown.append(key)
     if unknown:
         raise InputError(
-            f"not an hszhao/semseg PSPNet state dict: {len(unknown)} unknown keys, e.g. {unknown[:5]}"
+            f"{source}: not an hszhao/semseg PSPNet state dict: {len(unknown)} unknown keys, "
+            f"e.g. {unknown[:5]}"
         )
     return out
 
 
-def infer_semseg_config(state: Mapping[str, Tensor], bins: tuple[int, ...] = (1, 2, 3, 6)) -> PSPNetConfig:
+def infer_semseg_config(
+    state: Mapping[str, Tensor], bins: tuple[int, ...] = (1, 2, 3, 6), source: str = "checkpoint"
+) -> PSPNetConfig:
     """Read depth, widths, class count, PPM and aux presence off the tensors' names and shapes.
 
     Pool sizes have no parameters, so ``bins`` cannot be read from the file: the number of branches
     is checked against it instead.
     """
     if "cls.4.weight" not in state:
-        raise InputError("not an hszhao/semseg PSPNet state dict: no 'cls.4.weight' (the classifier)")
+        raise InputError(
+            f"{source}: not an hszhao/semseg PSPNet state dict: no 'cls.4.weight' (the classifier)"
+        )
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"layer3\.(\d+)\.", k))}
     depth = _DEPTH_BY_LAYER3_BLOCKS.get(len(blocks))
     if depth is None:
         raise InputError(
-            f"unsupported backbone: layer3 has {len(blocks)} blocks (ResNet-50/101/152 have 6/23/36)"
+            f"{source}: unsupported backbone: layer3 has {len(blocks)} blocks "
+            "(ResNet-50/101/152 have 6/23/36)"
         )
     branches = {int(m.group(1)) for k in state if (m := re.match(r"ppm\.features\.(\d+)\.", k))}
     use_ppm = bool(branches)
     if use_ppm and len(branches) != len(bins):
         raise InputError(
-            f"the checkpoint has {len(branches)} pyramid branches but bins={bins}; pass matching bins"
+            f"{source}: the checkpoint has {len(branches)} pyramid branches but bins={tuple(bins)}; "
+            "pass the bins it was trained with (--bins)"
         )
     needed = ["layer0.0.weight", "cls.0.weight", *(f"layer{i}.0.conv1.weight" for i in range(1, 5))]
     absent = [k for k in needed if k not in state]
     if absent:
-        raise InputError(f"not an hszhao/semseg PSPNet state dict: missing {absent}")
+        raise InputError(f"{source}: not an hszhao/semseg PSPNet state dict: missing {absent}")
     widths = tuple(int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5))
     aux = "aux.4.weight" in state
     return PSPNetConfig(
@@ -177,10 +208,51 @@ def infer_semseg_config(state: Mapping[str, Tensor], bins: tuple[int, ...] = (1,
     )
 
 
+def read_checkpoint(path: Path) -> ReleaseFile:
+    """A released torch checkpoint's content (see :func:`read_release_file`); a Caffe model given
+    as one is named as such instead of failing as a damaged pickle."""
+    if looks_like_caffemodel(path):
+        raise InputError(
+            f"{path}: looks like a Caffe model (a protobuf NetParameter), not a torch file; "
+            "pass --source caffe or rename it to .caffemodel"
+        )
+    return read_release_file(path)
+
+
+def _not_network(raw: Any, wrappers: tuple[str, ...]) -> list[str]:
+    """Top-level entries of a checkpoint dict besides the weights (``epoch``, ``optimizer``...)."""
+    if not isinstance(raw, Mapping) or not any(
+        isinstance(raw.get(k), Mapping) for k in ("state_dict", "model")
+    ):
+        return []
+    return [str(k) for k in raw if k not in wrappers]
+
+
+def _dtype_note(state: Mapping[str, Tensor]) -> str | None:
+    halves = [k for k, v in state.items() if v.dtype in (torch.float16, torch.bfloat16)]
+    if not halves:
+        return None
+    return f"{len(halves)} of {len(state)} tensors stored as {state[halves[0]].dtype}: upcast to float32"
+
+
 def read_semseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
     """Reader for the authors' PyTorch release (hszhao/semseg)."""
-    state = unwrap_state_dict(read_torch_file(path), str(path))
-    return ImportedWeights(infer_semseg_config(state, bins), semseg_to_pspnet(state), PYTORCH_PREPROCESS)
+    release = read_checkpoint(path)
+    state = unwrap_state_dict(release.content, str(path))
+    config = infer_semseg_config(state, bins, str(path))
+    notes = [
+        f"hszhao/semseg {'PSPNet' if config.use_ppm else 'FCN'}: ResNet-{config.depth}, "
+        f"{config.num_classes} classes"
+        + (
+            f", pyramid bins {tuple(bins)} (pool sizes are not stored in the file; --bins sets them)"
+            if config.use_ppm
+            else ""
+        ),
+        "normalisation: the authors' PyTorch one (RGB, ImageNet mean/std on 0-255); not stored in the file",
+    ]
+    notes += [n for n in (_dtype_note(state), release.note()) if n]
+    dropped = _not_network(release.content, ("state_dict", "model"))
+    return ImportedWeights(config, semseg_to_pspnet(state, str(path)), PYTORCH_PREPROCESS, dropped, notes)
 
 
 # Tags of the NetParameter fields that can follow its name: layer (100), V1 layers (2), input (3),
@@ -188,7 +260,7 @@ def read_semseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
 _NET_TAGS_AFTER_NAME = (b"\xa2\x06", b"\x12", b"\x1a", b"\x20", b"\x28", b"\x32", b"\x38", b"\x42")
 
 
-def _looks_like_caffemodel(path: Path) -> bool:
+def looks_like_caffemodel(path: str | os.PathLike[str]) -> bool:
     """A NetParameter starts with field 1 (name: ``0x0a``, a short length, printable text, then
     another NetParameter field) or with field 100 (layer, ``0xa2 0x06``); torch files are zip
     (``PK``) or pickle (``0x80``) archives, and a text file starting with a newline fails the name
@@ -213,19 +285,33 @@ def detect_source(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     if path.suffix.lower() == ".caffemodel":
         return "caffe"
-    if _looks_like_caffemodel(path):
-        raise InputError(
-            f"{path}: looks like a Caffe model (a protobuf NetParameter), not a torch file; pass "
-            "--source caffe or rename it to .caffemodel"
-        )
-    keys = unwrap_state_dict(read_torch_file(path), str(path)).keys()
+    state = unwrap_state_dict(read_checkpoint(path).content, str(path))
+    keys = state.keys()
     if any(k.startswith("decode_head.") for k in keys):
         return "mmseg"
     if any(k.startswith(("layer0.", "cls.")) for k in keys):
         return "semseg"
+    _refuse_backbone(path, state)
     raise InputError(
         f"{path}: cannot tell which release this is (no 'decode_head.*' keys as in MMSegmentation, "
         "no 'layer0.*'/'cls.*' keys as in hszhao/semseg); pass --source"
+    )
+
+
+def _refuse_backbone(path: Path, state: Mapping[str, Tensor]) -> None:
+    """An ImageNet classification backbone is not a segmentation release: say where it goes."""
+    from pspnet.io.backbone import imagenet_to_backbone  # backbone imports this module
+
+    try:
+        _, _, layout = imagenet_to_backbone(state)
+    except InputError:
+        return
+    if layout.depth is None:  # a stem alone is no ResNet
+        return
+    raise InputError(
+        f"{path}: an ImageNet classification backbone, {layout.describe()}, not a segmentation "
+        "checkpoint: there is nothing to convert; train from it with model.backbone_weights in the "
+        "config, or create_model(..., backbone_weights=PATH) in Python"
     )
 
 
@@ -248,6 +334,53 @@ def _check_preset(src: Path, preset: str, config: PSPNetConfig) -> None:
         raise InputError(f"{src}: weights do not fit preset {preset!r}: (file, preset) differ in {diffs}")
 
 
+def _check_destination(src: Path, dst: Path) -> None:
+    """Refuse output names that would destroy the source or hide what the file is."""
+    if dst.resolve() == src.resolve() or (dst.exists() and dst.samefile(src)):
+        raise InputError(
+            f"{dst}: is the source checkpoint itself; write the converted model to a new file, e.g. "
+            f"{dst.with_suffix('.safetensors')}"
+        )
+    if dst.suffix.lower() != ".safetensors":
+        raise InputError(
+            f"{dst}: the converted model is a safetensors file; name it with the .safetensors suffix, "
+            f"e.g. {dst.with_name(dst.stem + '.safetensors')}"
+        )
+
+
+def _class_key(name: str) -> str:
+    """``"Traffic_Light "`` and ``"traffic light"`` compare equal; synonyms after a comma do not count."""
+    return " ".join(name.split(",")[0].replace("_", " ").lower().split())
+
+
+def _check_class_names(
+    src: Path, preset: str, names: tuple[str, ...], dataset: DatasetInfo | None
+) -> list[str]:
+    """A preset must describe the classes the file was trained on, not just as many of them.
+
+    Spelling differences (case, ``_``, a trailing space, synonyms) are tolerated and noted; a file
+    whose names mostly differ was trained on another label space and is refused.
+    """
+    if not names or dataset is None or len(names) != dataset.num_classes:
+        return []
+    differ = [
+        (i, ours, theirs)
+        for i, (ours, theirs) in enumerate(zip(names, dataset.class_names, strict=True))
+        if _class_key(ours) != _class_key(theirs)
+    ]
+    if not differ:
+        return []
+    shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in differ[:3])
+    if len(differ) * 2 > len(names):
+        raise InputError(
+            f"{src}: trained on other classes than preset {preset!r} ({len(differ)} of {len(names)} "
+            f"names differ, e.g. {shown} (file vs preset)); convert without --preset"
+        )
+    return [
+        f"{len(differ)} class names differ from preset {preset!r} ({shown}, file vs preset): kept its names"
+    ]
+
+
 def convert_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | None = None,
@@ -260,7 +393,8 @@ def convert_checkpoint(
 
     Args:
         src: the checkpoint file.
-        dst: where to write the converted ``.safetensors`` (skipped when None).
+        dst: where to write the converted model (skipped when None); it must end in
+            ``.safetensors`` and must not be ``src``.
         source: ``"auto"`` (by file name and keys), or one of :data:`SOURCES`.
         preset: optional preset whose label space the weights belong to (e.g.
             ``"pspnet50_ade20k"``); its class count and depth must match the file. The
@@ -270,20 +404,34 @@ def convert_checkpoint(
     src = Path(src)
     if not src.is_file():
         raise InputError(f"{src}: no such file")
+    if dst is not None:
+        _check_destination(src, Path(dst))
     source = detect_source(src) if source == "auto" else source
     imported = _reader(source)(src, tuple(bins))
     config = imported.config
-    dataset: DatasetInfo | None = None
+    dataset: DatasetInfo | None = imported.dataset
     name = f"pspnet{config.depth}" if config.use_ppm else f"fcn{config.depth}"
+    notes = list(imported.notes)
     if preset is not None:
         _check_preset(src, preset, config)
         dataset, name = get_preset(preset).dataset, preset
+        notes += _check_class_names(src, preset, imported.class_names, dataset)
+    elif imported.dataset_note:
+        notes.append(imported.dataset_note)
     model = attach_metadata(PSPNet(config), name, dataset, imported.preprocess)
-    report = load_state_dict_into(model, imported.state)
+    report = load_state_dict_into(model, imported.state, allow_partial=True)
+    if not report.complete:
+        problems = [f"missing {report.missing[:3]}" if report.missing else ""]
+        problems.append(f"unplaced {report.unexpected[:3]}" if report.unexpected else "")
+        wrong = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report.mismatched[:3]]
+        problems.append(f"mis-shaped (file vs network) {wrong}" if wrong else "")
+        raise InputError(
+            f"{src}: the weights do not form the network their own shapes describe "
+            f"({'; '.join(p for p in problems if p)}); the file is damaged, or it holds another network"
+        )
     model.eval()
     extra = {"converted_from": src.name, "source": source}
     path = save_model(model, dst, extra=extra) if dst else None
-    notes = list(imported.notes)
     if imported.dropped:
         notes.append(f"not imported (not part of the network): {', '.join(imported.dropped)}")
     return ConversionResult(model, report, path, source, notes)

@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pspnet.data.info import DatasetInfo, default_palette
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import InputError
-from pspnet.io.checkpoint import read_torch_file
-from pspnet.io.convert import ImportedWeights, unwrap_state_dict
+from pspnet.io.convert import ImportedWeights, read_checkpoint, unwrap_state_dict
 from pspnet.models.pspnet import PSPNet, PSPNetConfig
 
 __all__ = [
@@ -111,6 +111,10 @@ class MMSegSettings:
     preprocess: Preprocess = PYTORCH_PREPROCESS
     notes: tuple[str, ...] = field(default=())
     pool_scales: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    crop_size: int | None = None
+    """The training crop when the saved config gives a square one (``crop_size = (512, 512)``)."""
 
 
 def _config_text(meta: Any) -> str:
@@ -210,7 +214,67 @@ def mmseg_settings(meta: Any, filename: str) -> MMSegSettings:
         )
     scales = _setting(text, r"\bpool_scales\s*=\s*(\([\d,\s]*\))")
     pool_scales = tuple(int(v) for v in _numbers(scales)) if scales else None
-    return MMSegSettings(output_stride, contract, align, preprocess, tuple(notes), pool_scales)
+    crop = _setting(text, r"\bcrop_size\s*=\s*(\([\d,\s]*\))")
+    crop_sides = {int(v) for v in _numbers(crop)} if crop else set()
+    crop_size = crop_sides.pop() if len(crop_sides) == 1 else None
+    return MMSegSettings(
+        output_stride,
+        contract,
+        align,
+        preprocess,
+        tuple(notes),
+        pool_scales,
+        tuple(classes),
+        _palette(meta, len(classes)),
+        crop_size,
+    )
+
+
+def _palette(meta: Any, count: int) -> tuple[tuple[int, int, int], ...] | None:
+    """The class colours saved with the classes (0.x ``PALETTE``, 1.x ``dataset_meta['palette']``)."""
+    if not isinstance(meta, Mapping):
+        return None
+    palette = meta.get("PALETTE")
+    if palette is None and isinstance(meta.get("dataset_meta"), Mapping):
+        palette = meta["dataset_meta"].get("palette")
+    if not isinstance(palette, (list, tuple)) or len(palette) != count:
+        return None
+    colours = []
+    for colour in palette:
+        if not (
+            isinstance(colour, (list, tuple))
+            and len(colour) == 3
+            and all(isinstance(v, int) and 0 <= v <= 255 for v in colour)
+        ):
+            return None
+        colours.append((colour[0], colour[1], colour[2]))
+    return tuple(colours)
+
+
+def _dataset_info(
+    settings: MMSegSettings, num_classes: int, path: Path
+) -> tuple[DatasetInfo | None, str | None]:
+    """The label space the file names, when it can be stored whole; else (None, why not)."""
+    names = settings.class_names
+    if not names:
+        return None, None
+    if len(names) != num_classes:
+        return None, f"the {len(names)} class names saved in the file do not match its {num_classes} classes"
+    if settings.crop_size is None:
+        return None, (
+            "class names not stored: the saved config gives no square training crop, which the model's "
+            "dataset info must carry; pass --preset for a known label space"
+        )
+    info = DatasetInfo(
+        name=path.stem.split(".")[0],
+        class_names=tuple(n.strip() for n in names),
+        palette=settings.palette or default_palette(num_classes),
+        crop_size=settings.crop_size,
+    )
+    return (
+        info,
+        f"label space stored from the file: {num_classes} class names, training crop {settings.crop_size}",
+    )
 
 
 def _class_names(meta: Any) -> list[str]:
@@ -220,7 +284,9 @@ def _class_names(meta: Any) -> list[str]:
     dataset_meta = meta.get("dataset_meta")
     if classes is None and isinstance(dataset_meta, Mapping):
         classes = dataset_meta.get("classes")
-    return [str(c) for c in classes] if isinstance(classes, (list, tuple)) else []
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        return []  # only plain strings: objects the reader skipped (never run) are not names
+    return list(classes)
 
 
 def _refuse_other_heads(state: Mapping[str, Tensor], source: str) -> None:
@@ -374,7 +440,8 @@ def _complete(state: dict[str, Tensor], config: PSPNetConfig, source: str) -> li
 
 def read_mmseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
     """Reader for MMSegmentation PSPNet checkpoints (``{"meta": ..., "state_dict": ...}``)."""
-    raw = read_torch_file(path)
+    release = read_checkpoint(path)
+    raw = release.content
     meta = raw.get("meta") if isinstance(raw, Mapping) else None
     state = unwrap_state_dict(raw, str(path))
     settings = mmseg_settings(meta, path.name)
@@ -386,6 +453,7 @@ def read_mmseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
     config = infer_mmseg_config(state, tuple(bins), settings, str(path))
     mapped = mmseg_to_pspnet(state, str(path))
     notes = list(settings.notes) + _complete(mapped, config, str(path))
+    notes += [n for n in (release.note(),) if n]
     stem = f"{config.stem} stem {config.stem_width}" + (
         f"-{config.stem_width}-{2 * config.stem_width}" if config.stem == "deep" else ""
     )
@@ -394,4 +462,17 @@ def read_mmseg(path: Path, bins: tuple[int, ...]) -> ImportedWeights:
         f"MMSegmentation PSPNet: ResNet-{config.depth} ({stem}), output stride {config.output_stride}, "
         f"contract_dilation={config.contract_dilation}, align_corners={config.align_corners}",
     )
-    return ImportedWeights(config, mapped, settings.preprocess, [], notes)
+    dataset, dataset_note = _dataset_info(settings, config.num_classes, path)
+    dropped = []
+    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        dropped = [str(k) for k in raw if k not in ("state_dict", "meta")]
+    return ImportedWeights(
+        config,
+        mapped,
+        settings.preprocess,
+        dropped,
+        notes,
+        class_names=tuple(n.strip() for n in settings.class_names),
+        dataset=dataset,
+        dataset_note=dataset_note,
+    )

@@ -58,6 +58,22 @@ def list_models(include: str | None = None, exclude: str | None = None) -> list[
 
 
 def get_preset(name: str) -> ModelPreset:
+    """The registered description behind a name of :func:`list_models`, without building anything.
+
+    Use it to read what :func:`create_model` would build, e.g.
+    ``get_preset("pspnet50_ade20k").config.num_classes`` (150) or ``.dataset.class_names``.
+
+    Args:
+        name: a preset name, case-insensitive (``pspnet models`` lists them).
+
+    Returns:
+        A :class:`pspnet.models.ModelPreset`: ``name``, ``config`` (:class:`PSPNetConfig`),
+        ``description``, ``dataset`` (:class:`~pspnet.data.info.DatasetInfo` or None) and
+        ``preprocess``. It is frozen and shared: build models with :func:`create_model`.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones).
+    """
     key = name.lower()
     if key not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_PRESETS))}")
