@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pspnet.data.datasets import Sample, SegmentationDataset, detect_kind, open_dataset
 from pspnet.data.info import ADE20K, CITYSCAPES, VOC2012, DatasetInfo
@@ -94,7 +98,10 @@ def test_folder_dataset_classes_from_num_classes_or_file(trees) -> None:
     (root / "classes.txt").write_text("sky\nroad\ncar\n")
     assert open_dataset(root).info.class_names == ("sky", "road", "car")
     custom = DatasetInfo("mine", ("x", "y", "z"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)))
-    assert open_dataset(root, info=custom).info is custom
+    with pytest.warns(
+        UserWarning, match=r"classes\.txt: class 0 is 'sky' but 'x'.*using the names of 'mine'"
+    ):
+        assert open_dataset(root, info=custom).info is custom
 
 
 def test_folder_split_subfolders(trees) -> None:
@@ -201,15 +208,15 @@ def test_out_of_range_labels_through_the_uint8_path(trees) -> None:
     """__getitem__ with the built-in transforms (uint8 path) refuses the same labels, same message."""
     root = trees.folder(masks={"a": trees.quadrants((0, 1, 7, 255)), "b": trees.quadrants((0, 1, 2, 200))})
     ds = open_dataset(root, num_classes=3, transform=train_transforms(16))
-    with pytest.raises(DataError, match=r"a\.png: label values \[7\] outside \[0, 3\)"):
+    with pytest.raises(DataError, match=r"a\.png: label values 7 \(480 px\) outside \[0, 3\)"):
         ds[0]
-    with pytest.raises(DataError, match=r"b\.png: label values \[200\] outside \[0, 3\)"):
+    with pytest.raises(DataError, match=r"b\.png: label values 200 \(480 px\) outside \[0, 3\)"):
         ds[1]
 
 
 def test_out_of_range_labels_and_size_mismatch_raise(trees) -> None:
     root = trees.folder(masks={"a": trees.quadrants((0, 1, 7, 255))})
-    with pytest.raises(DataError, match=r"a\.png: label values \[7\] outside \[0, 3\)"):
+    with pytest.raises(DataError, match=r"a\.png: label values 7 \(480 px\) outside \[0, 3\)"):
         open_dataset(root, num_classes=3).load_raw(0)
     trees.write_mask(root / "masks" / "a.png", trees.quadrants((0, 1, 1, 0), h=20))
     with pytest.raises(DataError, match=r"a\.png: mask is 48x20 but image .*a\.png is 48x40"):
@@ -280,3 +287,164 @@ def test_worker_global_generators_depend_on_epoch_not_worker_age() -> None:
     set_loader_epoch(fresh, 1)
     torch.testing.assert_close(next(iter(fresh)), epoch1_aged)
     assert not torch.equal(epoch0, epoch1_aged)
+
+
+# ----------------------------------------------------------------------------- audit fixes
+
+
+def test_list_dataset_refuses_another_split(trees) -> None:
+    """A list file is one split: split="val" on the training list must not silently read it."""
+    root = trees.folder()
+    listing = trees.base / "train.txt"
+    listing.write_text("folder/images/a.png folder/masks/a.png\n")
+    assert len(open_dataset(listing, "list", num_classes=3)) == 1
+    for kind in ("list", "auto"):
+        with pytest.raises(
+            InputError, match=r"train\.txt: split 'val' given for a list dataset.*list file is"
+        ):
+            open_dataset(listing, kind, "val", num_classes=3)
+    assert root.is_dir()
+
+
+def test_ade20k_label_errors_name_the_values_in_the_file(trees) -> None:
+    root = trees.ade20k()
+    mask = trees.quadrants((0, 151, 255, 2))  # 151: one past ADE's 150; 255: an MMSeg-style void
+    trees.write_mask(root / "annotations" / "training" / "ADE_train_00000001.png", mask)
+    ds = open_dataset(root, "ade20k", "train")
+    with pytest.raises(DataError) as err:
+        ds.load_raw(0)
+    message = str(err.value)
+    assert "label values 151 (480 px), 255 (480 px) in the file" in message
+    assert "train ids [150, 254]" in message and "outside [0, 150)" in message
+
+
+def test_jpeg_masks_are_named_as_jpeg_not_missing(trees) -> None:
+    root = trees.folder()
+    Image.open(root / "masks" / "b.png").save(root / "masks" / "b.jpg", quality=95)
+    (root / "masks" / "b.png").unlink()
+    ds = open_dataset(root, num_classes=3, strict=False)
+    assert [s.name for s in ds.samples] == ["a", "c"]
+    assert ds.problems == [(str(root / "masks" / "b.jpg"), ds.problems[0][1])]
+    assert "is a JPEG" in ds.problems[0][1] and "save masks as PNG" in ds.problems[0][1]
+
+
+def test_named_label_space_and_classes_file_must_agree_in_count(trees) -> None:
+    root = trees.folder()
+    (root / "classes.txt").write_text("sky\nroad\ncar\nboat\n")
+    with pytest.raises(InputError, match=r"classes\.txt lists 4 classes but the dataset 'voc2012'.* has 21"):
+        open_dataset(root, info=VOC2012)
+    same_count = DatasetInfo("four", ("sky", "road", "car", "boat"), ((0, 0, 0),) * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same names: no warning
+        assert open_dataset(root, info=same_count).info is same_count
+
+
+def test_dataset_json_gives_the_label_space(trees) -> None:
+    root = trees.folder()
+    names, palette = ["sky", "road", "car"], [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    (root / "dataset.json").write_text(json.dumps({"name": "mine", "class_names": names, "palette": palette}))
+    (root / "classes.txt").write_text("x\n")  # dataset.json comes first
+    info = open_dataset(root).info
+    assert (info.name, info.class_names, info.palette) == (
+        "mine",
+        tuple(names),
+        ((1, 2, 3), (4, 5, 6), (7, 8, 9)),
+    )
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "bg"}}))  # another tool's file
+    assert open_dataset(root).info.class_names == ("x",)
+
+
+def test_class_count_message_names_every_way_to_give_it(trees) -> None:
+    with pytest.raises(InputError) as err:
+        open_dataset(trees.folder(), "folder")
+    message = str(err.value)
+    for way in ("model.num_classes", "--num-classes for verify-dataset", "num_classes=", "classes.txt"):
+        assert way in message
+
+
+def test_missing_root_is_named_for_every_layout(trees) -> None:
+    missing = trees.base / "nope"
+    for kind in ("voc2012", "cityscapes", "ade20k", "folder"):
+        with pytest.raises(DataError, match=rf"nope: {kind} dataset folder not found"):
+            open_dataset(missing, kind)
+    with pytest.raises(DataError, match=r"nope: list file not found"):
+        open_dataset(missing, "list", num_classes=2)
+    (trees.base / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: not a VOC2012 folder: no JPEGImages/"):
+        open_dataset(trees.base / "empty", "voc2012")
+
+
+@pytest.mark.parametrize("ignore", [254, 0, 300])
+def test_folder_ignore_index_is_used_by_loading_and_padding(trees, ignore: int) -> None:
+    """A chosen ignore value is accepted by the label check (uint8 table and int64 paths alike),
+    pads the augmentation, and other values past the classes are still refused."""
+    dtype = np.uint16 if ignore > 255 else np.uint8
+    root = trees.folder(masks={"a": trees.quadrants((1, 2, ignore, 1), dtype=dtype)})
+    ds = open_dataset(root, num_classes=3, ignore_index=ignore)
+    assert ds.info.ignore_index == ignore
+    assert _quadrant_values(ds.load_raw(0)[1]) == (1, 2, ignore, 1)
+    assert _quadrant_values(ds._load(0)[1]) == (1, 2, ignore, 1)
+    ds.transform = train_transforms(
+        (80, 96), scale=None, rotate=None, blur=False, flip=False, ignore_index=ignore
+    )
+    padded = ds[0]["mask"]  # image 48x40 inside an 96x80 crop: the rest is padding
+    assert padded.shape == (80, 96)
+    assert int((padded == ignore).sum()) == 80 * 96 - 3 * 480
+    if ignore != 255:
+        trees.write_mask(root / "masks" / "a.png", trees.quadrants((1, 2, 255, 1)))
+        for load in (ds.load_raw, ds._load):
+            with pytest.raises(
+                DataError, match=rf"255 \(480 px\) outside \[0, 3\) and not the ignore value {ignore}"
+            ):
+                load(0)
+
+
+def test_unlabelled_sample_mask_holds_an_ignore_value_above_255(tmp_path) -> None:
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    info = DatasetInfo("big", ("a", "b"), ((0, 0, 0), (1, 1, 1)), ignore_index=300)
+    ds = SegmentationDataset([Sample(path, None, "x")], info, transform=train_transforms(8, scale=None))
+    assert torch.all(ds[0]["mask"] == 300)
+
+
+def test_public_layouts_require_ignore_255(trees) -> None:
+    root = trees.voc()
+    assert open_dataset(root, "voc2012", ignore_index=255).info.ignore_index == 255
+    with pytest.raises(InputError, match=r"voc2012 layout maps void pixels to 255; ignore_index must be 255"):
+        open_dataset(root, "voc2012", ignore_index=0)
+    with pytest.raises(InputError, match=r"ignore_index must be in \[0, 65535\]"):
+        open_dataset(trees.folder(), num_classes=3, ignore_index=-1)
+
+
+def test_voc_colour_masks_read_with_the_named_palette(trees) -> None:
+    """VOC masks saved as RGB (void borders in VOC's cream colour) give the same ids as the
+    palette PNGs, 255 borders included."""
+    root = trees.voc()
+    expected = _by_name(open_dataset(root, "voc2012", "train"))
+    for path in (root / "SegmentationClass").glob("*.png"):
+        Image.open(path).convert("RGB").save(path)
+    with pytest.raises(DataError, match="RGB colour mask.*--mask-palette voc2012"):
+        open_dataset(root, "voc2012", "train").load_raw(0)
+    got = _by_name(open_dataset(root, "voc2012", "train", mask_palette="voc2012"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+    assert 255 in np.unique(got["2007_000001"])
+    with pytest.raises(InputError, match="mask_palette cannot be used with the cityscapes layout"):
+        open_dataset(trees.cityscapes(), mask_palette="cityscapes")
+    with pytest.raises(InputError, match="ade20k palette gives ids"):
+        open_dataset(root, "voc2012", mask_palette="ade20k")
+
+
+def test_list_kept_apart_from_the_data_finds_classes_in_the_data_root(tmp_path) -> None:
+    data, lists = tmp_path / "data", tmp_path / "lists"
+    (data / "img").mkdir(parents=True)
+    lists.mkdir()
+    Image.fromarray(np.zeros((9, 10, 3), np.uint8)).save(data / "img" / "a.png")
+    Image.fromarray(np.full((9, 10), 2, np.uint8)).save(data / "img" / "a_mask.png")
+    (data / "classes.txt").write_text("x\ny\nz\n")
+    (lists / "train.txt").write_text("img/a.png img/a_mask.png\n")
+    dataset = open_dataset(lists / "train.txt", "list", data_root=data)
+    assert dataset.info.class_names == ("x", "y", "z")
+    (lists / "classes.txt").write_text("p\nq\nr\ns\n")  # one beside the list file comes first
+    assert open_dataset(lists / "train.txt", "list", data_root=data).info.num_classes == 4

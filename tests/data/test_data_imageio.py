@@ -165,3 +165,10 @@ def test_png_pixels_are_decoded_once_per_read(tmp_path: Path, monkeypatch: pytes
     assert loads == []
     assert read_mask(tmp_path / "mask.png").shape == _pattern().shape[:2]
     assert loads == ["PNG"]  # Pillow decodes the mask (palette indices) once
+
+
+def test_jpeg_mask_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.jpg"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, quality=95)
+    with pytest.raises(DataError, match=r"m\.jpg: mask is a JPEG.*save masks as PNG"):
+        read_mask(path)

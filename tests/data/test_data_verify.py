@@ -110,3 +110,101 @@ def test_cli_broken_tree_exit_1_and_usage_errors_exit_2(trees, capsys) -> None:
     assert main(["verify-dataset", str(root), "--no-progress"]) == 2
     assert main(["verify-dataset", str(trees.base / "missing"), "--no-progress"]) == 2
     assert "dataset path not found" in capsys.readouterr().err
+
+
+def test_mostly_0_255_masks_with_stray_values_are_flagged(trees) -> None:
+    """One anti-aliased pixel must not hide 0/255 binary masks (all their foreground is ignored)."""
+    noisy = trees.quadrants((0, 255, 0, 0))
+    noisy[0, 0] = 1
+    root = trees.folder(masks={"a": noisy, "b": trees.quadrants((255, 0, 0, 0))})
+    report = verify_dataset(open_dataset(root, num_classes=2), progress=False)
+    assert len(report.problems) == 1
+    message = report.problems[0][1]
+    assert "masks look binary 0/255" in message and "25.0% of the pixels" in message
+    assert "classes 1 and up only 1 px" in message and "map 255 -> 1" in message
+
+
+def test_thin_void_borders_are_not_taken_for_binary_masks(trees) -> None:
+    """VOC-style data: 255 marks thin object borders, the objects are classes 1 and up."""
+    masks = {}
+    for i in range(3):
+        mask = trees.quadrants((0, 1 + i, 0, 3))
+        mask[H // 2 - 1 : H // 2 + 1, :] = 255  # a 2 px void border across the image
+        masks[str(i)] = mask
+    report = verify_dataset(open_dataset(trees.folder(masks=masks), num_classes=4), progress=False)
+    assert report.ok, report.problems
+    assert report.ignore_pixels == 3 * 2 * W
+
+
+def test_cityscapes_train_ids_saved_as_label_ids_are_flagged(trees) -> None:
+    root = trees.cityscapes()
+    path = root / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+    trees.write_mask(path, trees.quadrants((0, 13, 255, 18)))  # trainIds: road, car, void, bicycle
+    report = verify_dataset(open_dataset(root, split="train"), progress=False)
+    assert [Path(p).name for p, _ in report.problems] == [path.name]
+    assert f"label values 255 ({Q} px) in a labelIds file" in report.problems[0][1]
+    assert "labelTrainIds" in report.problems[0][1]
+
+
+def test_ade20k_problems_show_the_file_values(trees) -> None:
+    root = trees.ade20k()
+    trees.write_mask(
+        root / "annotations" / "training" / "ADE_train_00000002.png", trees.quadrants((3, 151, 0, 0))
+    )
+    report = verify_dataset(open_dataset(root, split="train"), progress=False)
+    assert len(report.problems) == 1
+    assert f"label values 151 ({Q} px) in the file (train ids [150]" in report.problems[0][1]
+
+
+def test_ignore_index_inside_the_class_range_is_counted_as_ignore(trees) -> None:
+    root = trees.folder(masks={"a": trees.quadrants((0, 1, 2, 0))})
+    report = verify_dataset(open_dataset(root, num_classes=3, ignore_index=0), progress=False)
+    assert report.ok, report.problems
+    assert report.ignore_index == 0 and report.ignore_pixels == 2 * Q
+    assert report.class_pixels == [0, Q, Q]
+
+
+def test_cli_dataset_palette_and_ignore_options(trees, capsys) -> None:
+    root = trees.folder(masks={"a": trees.quadrants((0, 15, 254, 1))})
+    (root / "classes.txt").write_text("only\ntwo\n")
+    argv = ["verify-dataset", str(root), "--no-progress"]
+    assert main([*argv, "--dataset", "voc2012"]) == 2
+    assert "classes.txt lists 2 classes but the dataset 'voc2012'" in capsys.readouterr().err
+    (root / "classes.txt").unlink()
+    assert main([*argv, "--dataset", "voc2012"]) == 1  # 254 is not the ignore value
+    assert "254 (" in capsys.readouterr().out
+    assert main([*argv, "--dataset", "voc2012", "--ignore-index", "254"]) == 0
+    assert main([*argv, "--dataset", "nope"]) == 2
+    assert "--dataset: unknown dataset 'nope'" in capsys.readouterr().err
+    colour = np.zeros((H, W, 3), np.uint8)
+    colour[:, : W // 2] = (128, 0, 0)  # VOC aeroplane
+    colour[:, W // 2 :] = (224, 224, 192)  # VOC void border
+    Image.fromarray(colour).save(root / "masks" / "a.png")
+    assert main([*argv, "--dataset", "voc2012"]) == 1
+    assert "--mask-palette voc2012" in capsys.readouterr().out
+    assert (
+        main(
+            [*argv, "--dataset", "voc2012", "--mask-palette", "voc2012", "--json", str(trees.base / "r.json")]
+        )
+        == 0
+    )
+    data = json.loads((trees.base / "r.json").read_text())
+    assert data["class_pixels"]["aeroplane"] == 2 * Q and data["ignore_pixels"] == 2 * Q
+
+
+def test_cli_reads_the_demo_data_label_space(tmp_path: Path, capsys) -> None:
+    from pspnet.data.synthetic import make_demo_data
+
+    root = make_demo_data(tmp_path / "demo", num_train=2, num_val=1, size=32, workers=0, progress=False)
+    assert main(["verify-dataset", str(root), "--no-progress"]) == 0
+    assert "dataset context_demo" in capsys.readouterr().out
+
+
+def test_cli_list_split_is_refused(trees, capsys) -> None:
+    trees.folder()
+    listing = trees.base / "train.txt"
+    listing.write_text("folder/images/a.png folder/masks/a.png\n")
+    argv = ["verify-dataset", str(listing), "--num-classes", "3", "--no-progress"]
+    assert main(argv) == 0
+    assert main([*argv, "--split", "val"]) == 2
+    assert "the list file is the split" in capsys.readouterr().err

@@ -16,15 +16,27 @@ Layouts (``open_dataset(root, kind=...)``):
   ``annotations/{training,validation}/*.png`` (``split`` "train"/"val"); 0 -> 255, k -> k-1.
 * ``folder``: ``root/images/*`` + ``root/masks/*`` paired by file stem, or
   ``root/images/<split>/`` + ``root/masks/<split>/`` when those exist (a flat folder serves every
-  split). Class names come from ``info=``, else ``root/classes.txt`` (one name per line), else
-  ``num_classes=`` (names ``class_0`` ...).
+  split). Masks must be lossless (PNG, BMP, PGM, TIFF). Class names come from ``info=``, else
+  ``root/dataset.json`` (the :class:`DatasetInfo` fields, as ``pspnet make-demo-data`` writes),
+  else ``root/classes.txt`` (one name per line), else ``num_classes=`` (names ``class_0`` ...).
+  When ``info=`` is given and such a file exists, a different class count is refused (the file
+  and the named label space describe different datasets); the same count with other names only
+  warns (``info=`` wins: it is the label space the caller asked for).
 * ``list``: ``root`` is a text file, one ``"image_path mask_path"`` per line (the authors' format),
   relative to ``data_root`` (default: the list file's folder). Relative paths may not climb out of
-  ``data_root`` with ``..``; absolute paths are taken as given.
+  ``data_root`` with ``..``; absolute paths are taken as given. The list file *is* the split: open
+  the validation list as its own dataset (``split`` must stay ``"train"``). ``dataset.json`` /
+  ``classes.txt`` are looked up beside the list file, then in ``data_root``.
+
+The ignore label is 255 for the public layouts (their void pixels are mapped to it); folder and
+list datasets may choose another (``ignore_index=``), which becomes ``dataset.info.ignore_index``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +48,15 @@ import torch
 from torch.utils.data import Dataset
 
 from pspnet.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask
-from pspnet.data.info import ADE20K, CITYSCAPES, IGNORE_INDEX, VOC2012, DatasetInfo, default_palette
+from pspnet.data.info import (
+    ADE20K,
+    CITYSCAPES,
+    IGNORE_INDEX,
+    VOC2012,
+    DatasetInfo,
+    colour_mask_palette,
+    default_palette,
+)
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import DataError, InputError
 
@@ -47,6 +67,7 @@ __all__ = [
     "Sample",
     "SegmentationDataset",
     "ade20k_label_map",
+    "bad_label_message",
     "cityscapes_lut",
     "detect_kind",
     "open_dataset",
@@ -61,7 +82,10 @@ CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
 """Official cityscapesScripts ``labels.py``: labelId -> trainId; every other id -> 255."""
 
 LabelMap = Callable[[np.ndarray], np.ndarray] | np.ndarray
-"""A function of the raw mask, or a lookup table indexed by raw value (values past its end -> 255)."""
+"""A function of the raw mask, or a lookup table indexed by raw value (values past its end -> ignore)."""
+
+_MAX_IGNORE_INDEX = 65535
+_MAPPED_KINDS = ("voc2012", "cityscapes", "ade20k")
 
 _MAX_LISTED = 5
 
@@ -90,12 +114,15 @@ def ade20k_label_map(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _uint8_table(label_map: LabelMap | None) -> np.ndarray | None:
+def _uint8_table(label_map: LabelMap | None, ignore: int = IGNORE_INDEX) -> np.ndarray | None:
     """The label map as a 256-entry uint8 table for 8-bit masks, when every entry fits in uint8.
 
-    None for maps that are not element-wise tables (a user's function) or that produce ids above
-    255: those go through :func:`_apply_label_map` in int64.
+    None for maps that are not element-wise tables (a user's function), that produce ids above
+    255, or when the ignore value itself is above 255: those go through :func:`_apply_label_map`
+    in int64 (a uint8 mask could not hold the ignore value the augmentation pads with).
     """
+    if not 0 <= ignore <= 255:
+        return None
     if label_map is None:
         return np.arange(256, dtype=np.uint8)
     if label_map is ade20k_label_map:
@@ -104,22 +131,51 @@ def _uint8_table(label_map: LabelMap | None) -> np.ndarray | None:
         return None
     else:
         lut = np.asarray(label_map, dtype=np.int64)
-        values = np.full(256, IGNORE_INDEX, dtype=np.int64)
+        values = np.full(256, ignore, dtype=np.int64)
         values[: min(len(lut), 256)] = lut[:256]
     if values.min() < 0 or values.max() > 255:
         return None
     return values.astype(np.uint8)
 
 
-def _apply_label_map(mask: np.ndarray, label_map: LabelMap | None) -> np.ndarray:
+def _apply_label_map(mask: np.ndarray, label_map: LabelMap | None, ignore: int = IGNORE_INDEX) -> np.ndarray:
     if label_map is None:
         return mask.astype(np.int64, copy=False)
     if callable(label_map):
         return np.asarray(label_map(mask), dtype=np.int64)
     lut = np.asarray(label_map, dtype=np.int64)
     if mask.size and int(mask.max()) >= len(lut):
-        return np.where(mask < len(lut), lut[np.minimum(mask, len(lut) - 1)], IGNORE_INDEX)
+        return np.where(mask < len(lut), lut[np.minimum(mask, len(lut) - 1)], ignore)
     return lut[mask]
+
+
+def _mapping_note(label_map: LabelMap | None) -> str:
+    """How file values become train ids, for messages that show both."""
+    if label_map is ade20k_label_map:
+        return "ADE20K's shift: file value 0 -> ignore, k -> k-1"
+    return "the label mapping"
+
+
+def bad_label_message(
+    raw: np.ndarray, mapped: np.ndarray, info: DatasetInfo, label_map: LabelMap | None
+) -> str | None:
+    """``"label values 7 (16 px), ... outside [0, C) and not the ignore value I"``, or None if all fit.
+
+    Values are the ones stored in the file, so a user can find those pixels; when a label map
+    turns them into other train ids, those are named too (an ADE20K file value 151 is train id 150).
+    """
+    num_classes, ignore = info.num_classes, info.ignore_index
+    bad = (mapped != ignore) & ((mapped < 0) | (mapped >= num_classes))
+    if not bad.any():
+        return None
+    values, counts = np.unique(raw[bad], return_counts=True)
+    shown = ", ".join(f"{v} ({n} px)" for v, n in zip(values[:8].tolist(), counts[:8].tolist(), strict=True))
+    more = f" and {len(values) - 8} more" if len(values) > 8 else ""
+    where = ""
+    if label_map is not None:
+        ids = sorted({int(v) for v in np.unique(mapped[bad])})
+        where = f" in the file (train ids {ids[:8]} after {_mapping_note(label_map)})"
+    return f"label values {shown}{more}{where} outside [0, {num_classes}) and not the ignore value {ignore}"
 
 
 class _Problems:
@@ -155,6 +211,9 @@ class SegmentationDataset(Dataset):
         mask_palette: RGB colour per class id, to accept colour masks (``read_mask(palette=)``).
         root: where the dataset lives (for messages).
         problems: layout problems found while listing (kept when not strict; see verify).
+        kind: the layout it was read from (``open_dataset``'s kinds; ``"custom"`` when built by
+            hand). The evaluation protocol depends on it, not on the label space's name: a folder
+            named ``cityscapes`` is still a folder dataset.
     """
 
     def __init__(
@@ -169,6 +228,7 @@ class SegmentationDataset(Dataset):
         mask_palette: Sequence[Sequence[int]] | None = None,
         root: Path | None = None,
         problems: Sequence[tuple[str, str]] = (),
+        kind: str = "custom",
     ) -> None:
         if seed < 0:
             raise InputError(f"seed must be >= 0, got {seed}")
@@ -181,8 +241,9 @@ class SegmentationDataset(Dataset):
         self.mask_palette = mask_palette
         self.root = root
         self.problems = list(problems)
+        self.kind = kind
         self.epoch = 0
-        self._table8 = _uint8_table(label_map)
+        self._table8 = _uint8_table(label_map, info.ignore_index)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -203,7 +264,7 @@ class SegmentationDataset(Dataset):
 
     def map_mask(self, raw: np.ndarray) -> np.ndarray:
         """Raw mask values -> train ids (int64, ``[0, C)`` or the ignore index)."""
-        return _apply_label_map(raw, self.label_map)
+        return _apply_label_map(raw, self.label_map, self.info.ignore_index)
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Image RGB uint8 ``(H, W, 3)`` and mask int64 ``(H, W)`` already mapped to train ids.
@@ -232,17 +293,15 @@ class SegmentationDataset(Dataset):
         if raw.dtype == np.uint8 and self._table8 is not None:
             mask = cv2.LUT(raw, self._table8)
             counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
-            bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != ignore]
+            bad = any(v >= num_classes and v != ignore for v in np.flatnonzero(counts).tolist())
         else:
             mask = self.map_mask(raw)
             valid = mask[mask != ignore]
-            bad = []
-            if valid.size and (int(valid.max()) >= num_classes or int(valid.min()) < 0):
-                bad = sorted({int(v) for v in np.unique(valid) if v < 0 or v >= num_classes})
-        if bad:
+            bad = bool(valid.size) and (int(valid.max()) >= num_classes or int(valid.min()) < 0)
+        if bad:  # the slow part (which file values, how many pixels) only for the error message
+            message = bad_label_message(raw, self.map_mask(raw), self.info, self.label_map)
             raise DataError(
-                f"{sample.mask}: label values {bad[:8]} outside [0, {num_classes}) and not "
-                f"the ignore value {ignore}; check num_classes or the masks (`pspnet verify-dataset`)"
+                f"{sample.mask}: {message}; check num_classes or the masks (`pspnet verify-dataset`)"
             )
         return image, mask
 
@@ -250,7 +309,8 @@ class SegmentationDataset(Dataset):
         compact = self.transform is None or getattr(self.transform, "compact_masks", False)
         image, mask = self._load(index) if compact else self.load_raw(index)
         if mask is None:
-            mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.uint8 if compact else np.int64)
+            small = compact and self._table8 is not None  # uint8 only when the ignore value fits
+            mask = np.full(image.shape[:2], self.info.ignore_index, dtype=np.uint8 if small else np.int64)
         if self.transform is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
             image, mask = self.transform(image, mask, rng)
@@ -293,7 +353,11 @@ def _voc_root(root: Path) -> Path:
 
 
 def _voc_samples(root: Path, split: str, problems: _Problems) -> list[Sample]:
-    root = _voc_root(root)
+    given, root = root, _voc_root(root)
+    if not (root / "JPEGImages").is_dir():
+        raise DataError(
+            f"{given}: not a VOC2012 folder: no JPEGImages/ in it, in VOC2012/ or in VOCdevkit/VOC2012/"
+        )
     sets = root / "ImageSets" / "Segmentation"
     if split in ("trainaug", "train_aug"):
         candidates = [sets / "trainaug.txt", sets / "train_aug.txt"]
@@ -346,11 +410,21 @@ def _paired_folders(image_dir: Path, mask_dir: Path, problems: _Problems) -> lis
             raise DataError(f"{folder}: folder not found")
     images = _files_by_stem(image_dir, IMAGE_EXTENSIONS, problems)
     masks = _files_by_stem(mask_dir, MASK_EXTENSIONS, problems)
+    unusable = _files_by_stem(mask_dir, tuple(set(IMAGE_EXTENSIONS) - set(MASK_EXTENSIONS)), _Problems())
     for stem in sorted(images.keys() - masks.keys()):
-        problems.add(images[stem], f"no mask with stem {stem!r} in {mask_dir}")
+        if stem in unusable:
+            problems.add(unusable[stem], f"mask {_lossy_note(unusable[stem])}; save masks as PNG")
+        else:
+            problems.add(images[stem], f"no mask with stem {stem!r} in {mask_dir}")
     for stem in sorted(masks.keys() - images.keys()):
         problems.add(masks[stem], f"no image with stem {stem!r} in {image_dir}")
     return [Sample(images[s], masks[s], s) for s in sorted(images.keys() & masks.keys())]
+
+
+def _lossy_note(path: Path) -> str:
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return "is a JPEG, whose lossy compression changes label values along every edge"
+    return f"has suffix {path.suffix}, not a lossless mask format ({', '.join(MASK_EXTENSIONS)})"
 
 
 _ADE_SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
@@ -409,28 +483,118 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     return names
 
 
-def _custom_info(
-    name: str, info: DatasetInfo | None, num_classes: int | None, classes_file: Path
-) -> DatasetInfo:
+def _read_info_json(path: Path) -> DatasetInfo | None:
+    """The label space in ``dataset.json`` (DatasetInfo fields at top level), or None when the
+    file is absent or is some other tool's ``dataset.json`` (no ``class_names``)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({exc}); fix or remove it") from None
+    if not isinstance(data, dict) or "class_names" not in data:
+        return None
+    try:
+        if "palette" not in data:
+            data = {**data, "palette": default_palette(len(data["class_names"]))}
+        return DatasetInfo.from_dict({"name": path.parent.name, **data})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: not a valid dataset description ({exc}); fix or remove it") from None
+
+
+def _label_space_file(folder: Path) -> tuple[Path, DatasetInfo | None, tuple[str, ...]] | None:
+    """The class names stored with the data: ``dataset.json`` first (it can carry a palette and
+    sizes), else ``classes.txt``; ``(file, info or None, names)``, or None when neither exists."""
+    json_path, classes_file = folder / "dataset.json", folder / "classes.txt"
+    stored = _read_info_json(json_path)
+    if stored is not None:
+        return json_path, stored, stored.class_names
+    if classes_file.is_file():
+        return classes_file, None, _read_class_names(classes_file)
+    return None
+
+
+def _custom_info(name: str, info: DatasetInfo | None, num_classes: int | None, folder: Path) -> DatasetInfo:
+    stored = _label_space_file(folder)
     if info is not None:
         if num_classes is not None and num_classes != info.num_classes:
             raise InputError(
                 f"num_classes={num_classes} contradicts info {info.name!r} ({info.num_classes} classes)"
             )
+        if stored is not None:
+            path, _, names = stored
+            if len(names) != info.num_classes:
+                raise InputError(
+                    f"{path} lists {len(names)} classes but the dataset {info.name!r} named for it has "
+                    f"{info.num_classes}; fix or remove {path.name}, or name the dataset whose classes "
+                    f"the masks use"
+                )
+            if names != info.class_names:
+                first = next(
+                    i for i, (a, b) in enumerate(zip(names, info.class_names, strict=True)) if a != b
+                )
+                warnings.warn(
+                    f"{path}: class {first} is {names[first]!r} but {info.class_names[first]!r} in the "
+                    f"dataset {info.name!r} named for it; using the names of {info.name!r} "
+                    f"(check that the masks use its class order)",
+                    stacklevel=3,
+                )
         return info
-    if classes_file.is_file():
-        names = _read_class_names(classes_file)
+    if stored is not None:
+        path, stored_info, names = stored
         if num_classes is not None and num_classes != len(names):
-            raise InputError(f"num_classes={num_classes} but {classes_file} lists {len(names)} classes")
+            raise InputError(f"num_classes={num_classes} but {path} lists {len(names)} classes")
+        if stored_info is not None:
+            return stored_info
         return DatasetInfo(name, names, default_palette(len(names)))
     if num_classes is None:
         raise InputError(
-            f"{name} dataset needs its classes: pass num_classes= (or --num-classes), info=, or write "
-            f"{classes_file} with one class name per line"
+            f"{name} dataset needs its classes: give the class count (model.num_classes in a training "
+            f"config, --num-classes for verify-dataset, num_classes= in Python), name its dataset "
+            f"(data.dataset, --dataset, info=), or write {folder / 'classes.txt'} with one class name "
+            f"per line"
         )
     if not 1 <= num_classes <= 65535:
         raise InputError(f"num_classes must be in [1, 65535], got {num_classes}")
     return DatasetInfo(name, tuple(f"class_{i}" for i in range(num_classes)), default_palette(num_classes))
+
+
+def _resolve_mask_palette(
+    mask_palette: Sequence[Sequence[int]] | str | None, kind: str
+) -> Sequence[Sequence[int]] | None:
+    if mask_palette is None:
+        return None
+    if kind in ("cityscapes", "ade20k"):
+        raise InputError(
+            f"mask_palette cannot be used with the {kind} layout: its masks hold raw label values that "
+            f"the layout maps to train ids; use the single-channel annotation files it ships"
+        )
+    if isinstance(mask_palette, str):
+        try:
+            return colour_mask_palette(mask_palette)
+        except ValueError as exc:
+            raise InputError(f"mask_palette: {exc}") from None
+    return mask_palette
+
+
+def _with_ignore_index(info: DatasetInfo, kind: str, ignore_index: int | None) -> DatasetInfo:
+    if ignore_index is None:
+        return info
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
+        raise InputError(f"ignore_index must be an integer, got {ignore_index!r}")
+    if kind in _MAPPED_KINDS and ignore_index != IGNORE_INDEX:
+        raise InputError(
+            f"the {kind} layout maps void pixels to {IGNORE_INDEX}; ignore_index must be "
+            f"{IGNORE_INDEX} for this layout, got {ignore_index}"
+        )
+    if not 0 <= ignore_index <= _MAX_IGNORE_INDEX:
+        raise InputError(
+            f"ignore_index must be in [0, {_MAX_IGNORE_INDEX}] (a value a mask file can hold), "
+            f"got {ignore_index}"
+        )
+    if int(ignore_index) == info.ignore_index:
+        return info
+    return dataclasses.replace(info, ignore_index=int(ignore_index))
 
 
 def detect_kind(root: str | Path) -> str:
@@ -468,35 +632,52 @@ def open_dataset(
     num_classes: int | None = None,
     data_root: str | Path | None = None,
     preprocess: Preprocess = PYTORCH_PREPROCESS,
-    mask_palette: Sequence[Sequence[int]] | None = None,
+    mask_palette: Sequence[Sequence[int]] | str | None = None,
     strict: bool = True,
+    ignore_index: int | None = None,
 ) -> SegmentationDataset:
     """Open a dataset from its on-disk layout (module docstring lists them).
 
     Args:
         root: dataset folder, or the list file for ``kind="list"``.
         kind: ``"auto"`` (detect), ``"voc2012"``, ``"cityscapes"``, ``"ade20k"``, ``"folder"``, ``"list"``.
-        split: ``"train"``, ``"val"`` (``"trainaug"`` for VOC; ignored by ``list``).
+        split: ``"train"``, ``"val"`` (``"trainaug"`` for VOC). A list file is its own split:
+            for ``list`` it must stay ``"train"`` (open the validation list file instead).
         info: label space; defaults to the dataset's own (VOC2012/CITYSCAPES/ADE20K) for the
-            public datasets; for folder/list, see ``num_classes``.
+            public datasets; for folder/list, ``dataset.json`` or ``classes.txt`` with the data,
+            else ``num_classes``.
         transform: paired transform (``train_transforms(...)``) or None.
         seed: augmentation seed base.
         num_classes: class count for folder/list datasets without ``info`` or ``classes.txt``.
         data_root: base of the relative paths in a list file (default: the list file's folder).
         preprocess: normalisation when the transform does not produce tensors.
-        mask_palette: accept RGB colour masks, mapping colour ``palette[i]`` to id ``i``.
+        mask_palette: accept RGB colour masks, mapping colour ``palette[i]`` to id ``i``; a
+            dataset name (``"voc2012"``) uses that dataset's colours (:func:`colour_mask_palette`).
+            Not for cityscapes/ade20k, whose masks hold raw values that the layout maps.
         strict: raise on missing pairs / duplicate stems (True) or keep them in
             ``dataset.problems`` and skip those samples (False, used by ``verify-dataset``).
+        ignore_index: label value excluded from the loss and the metrics; None keeps the label
+            space's (255). Folder/list datasets may choose another (it becomes
+            ``dataset.info.ignore_index``); the public layouts map void to 255 and require 255.
 
     Raises:
         DataError: layout not found, list entries missing, no samples.
-        InputError: bad kind, split or class count.
+        InputError: bad kind, split, class count, mask palette or ignore index.
     """
     root = Path(root)
     if kind not in DATASET_KINDS:
         raise InputError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
     if kind == "auto":
         kind = detect_kind(root)
+    elif not root.exists():
+        what = "list file" if kind == "list" else f"{kind} dataset folder"
+        raise DataError(f"{root}: {what} not found")
+    if kind == "list" and split != "train":
+        raise InputError(
+            f"{root}: split {split!r} given for a list dataset, but the list file is the split; "
+            f"open the {split} list file itself (pass its path instead of {root.name})"
+        )
+    palette = _resolve_mask_palette(mask_palette, kind)
     problems = _Problems()
     label_map: LabelMap | None = None
     if kind == "voc2012":
@@ -511,15 +692,20 @@ def open_dataset(
         if not root.is_dir():
             raise DataError(f"{root}: dataset folder not found")
         samples = _folder_samples(root, split, problems)
-        default_info = _custom_info(root.name or "folder", info, num_classes, root / "classes.txt")
+        default_info = _custom_info(root.name or "folder", info, num_classes, root)
     else:
         base = Path(data_root) if data_root is not None else root.parent
         samples = _list_samples(root, base, problems)
-        default_info = _custom_info(root.stem, info, num_classes, root.parent / "classes.txt")
+        # the label-space file beside the list, else in the data root (the authors keep lists apart)
+        has_own = _label_space_file(root.parent) is not None
+        default_info = _custom_info(root.stem, info, num_classes, root.parent if has_own else base)
     if info is None:
         info = default_info
     if num_classes is not None and num_classes != info.num_classes:
         raise InputError(f"num_classes={num_classes} but the {kind} dataset has {info.num_classes} classes")
+    if kind in _MAPPED_KINDS and ignore_index is None and info.ignore_index != IGNORE_INDEX:
+        ignore_index = info.ignore_index  # an info= with another ignore value: refused just below
+    info = _with_ignore_index(info, kind, ignore_index)
     if strict:
         problems.raise_if_any(f"{root} ({kind}, split {split!r})")
     if not samples and not problems.items:
@@ -531,7 +717,8 @@ def open_dataset(
         transform=transform,
         seed=seed,
         preprocess=preprocess,
-        mask_palette=mask_palette,
+        mask_palette=palette,
         root=root,
         problems=problems.items,
+        kind=kind,
     )

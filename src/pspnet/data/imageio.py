@@ -211,7 +211,8 @@ def read_mask(
         ``uint8`` for 8-bit and palette masks, ``uint16``/``int32`` for deeper ones.
 
     Raises:
-        DataError: unreadable file, or a colour mask without (or not matching) a palette.
+        DataError: unreadable file, a JPEG (lossy: its label values are blurred at every edge), or
+            a colour mask without (or not matching) a palette.
     """
     path = Path(path)
     _check_file(path)
@@ -219,6 +220,11 @@ def read_mask(
         raise DataError(f"{path}: not a readable image (unknown format)")
     try:
         with Image.open(path) as im:
+            if im.format == "JPEG":
+                raise DataError(
+                    f"{path}: mask is a JPEG, whose lossy compression changes label values along every "
+                    f"edge; save masks as PNG"
+                )
             im.load()
             mode = im.mode
             if mode in ("1", "L", "P"):
@@ -246,8 +252,9 @@ def read_mask(
             return np.ascontiguousarray(mask[..., 0])
         if palette is None:
             raise DataError(
-                f"{path}: looks like an RGB colour mask; pass the class palette (RGB per id) so colours "
-                f"can be mapped to ids, or save masks as single-channel PNGs of class ids"
+                f"{path}: looks like an RGB colour mask; name the palette that maps its colours to ids "
+                f"(`--mask-palette voc2012` for verify-dataset, `data.mask_palette: voc2012` in a training "
+                f"config, `mask_palette=` in Python), or save masks as single-channel PNGs of class ids"
             )
         return colour_mask_to_ids(mask, palette, source=path)
     return mask

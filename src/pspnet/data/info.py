@@ -18,6 +18,7 @@ __all__ = [
     "IGNORE_INDEX",
     "VOC2012",
     "DatasetInfo",
+    "colour_mask_palette",
     "default_palette",
     "get_dataset_info",
 ]
@@ -526,3 +527,27 @@ def get_dataset_info(name: str) -> DatasetInfo:
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
     return DATASETS[key]
+
+
+def colour_mask_palette(name: str) -> tuple[tuple[int, int, int], ...]:
+    """The colour of each label value in RGB colour masks of dataset ``name`` (position = value).
+
+    Colour masks are what many tools (and ``Image.convert("RGB")`` on a VOC palette PNG) produce;
+    reading them needs the exact colour of every value. For ``voc2012`` this is VOC's full
+    256-entry colour map, so the cream void borders (224, 224, 192) read as 255, the ignore label,
+    like the palette PNGs VOC ships; for the other datasets it is the class palette.
+
+    Raises:
+        ValueError: unknown name, or a palette that gives two ids one colour (ambiguous).
+    """
+    info = get_dataset_info(name)
+    palette = default_palette(256) if info.name == "voc2012" else info.palette
+    first: dict[tuple[int, int, int], int] = {}
+    for cid, colour in enumerate(palette):
+        if colour in first:
+            raise ValueError(
+                f"the {info.name} palette gives ids {first[colour]} and {cid} the same colour {colour}, "
+                f"so its colour masks cannot be mapped to ids; save masks as single-channel PNGs of ids"
+            )
+        first[colour] = cid
+    return palette

@@ -16,13 +16,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pspnet.data.datasets import SegmentationDataset
+from pspnet.data.datasets import SegmentationDataset, bad_label_message
 from pspnet.data.imageio import read_image
 from pspnet.errors import DataError
 
 __all__ = ["VerifyReport", "verify_dataset"]
 
 _SHOWN_PROBLEMS = 50
+_CITYSCAPES_MAX_LABEL_ID = 33  # labelIds files hold 0..33 (license plates, id -1, are not drawn)
+_BINARY_MIN_IGNORE_SHARE = 0.01  # 0/255 masks: the ignore value covers at least 1% of the pixels ...
+_BINARY_MAX_CLASS_RATIO = 0.01  # ... and classes 1.. together hold under 1% of what it covers
 
 
 @dataclass
@@ -101,9 +104,11 @@ def verify_dataset(
     """Read every image/mask pair of ``dataset`` and report problems plus label statistics.
 
     Checks: unreadable/truncated images and masks, RGB colour masks, image/mask size mismatch,
-    label values outside ``[0, num_classes)`` other than the ignore index, masks that look like
-    binary 0/255 (all masks hold only 0 and 255), and the layout problems (missing pairs,
-    duplicate stems) found when the dataset was opened with ``strict=False``.
+    label values outside ``[0, num_classes)`` other than the ignore index (reported as the values
+    stored in the files), masks that look like binary 0/255 (see :func:`_looks_binary_255`),
+    Cityscapes ``*_labelIds.png`` files holding values past 33 (trainIds saved under the labelIds
+    name), and the layout problems (missing pairs, duplicate stems) found when the dataset was
+    opened with ``strict=False``.
     """
     info = dataset.info
     count = len(dataset) if max_files is None else min(len(dataset), max_files)
@@ -143,18 +148,63 @@ def verify_dataset(
                         f"{image.shape[1]}x{image.shape[0]}",
                     )
                 )
+        if dataset.kind == "cityscapes":
+            _check_cityscapes_label_ids(raw, sample.mask, report)
         _count_labels(dataset, raw, sample.mask, report, seen_values)
-    if seen_values == {0, info.ignore_index} and report.num_checked:
-        report.problems.append(
-            (
-                str(dataset.root),
-                f"every mask has values {{0, {info.ignore_index}}} only: binary masks stored as 0/255? "
-                f"{info.ignore_index} is the ignore label, so all foreground would be ignored; "
-                f"map 255 -> 1 (mask // 255) and use num_classes=2",
+    if dataset.label_map is None and info.ignore_index == 255:
+        if seen_values == {0, 255} and report.num_checked:
+            report.problems.append(
+                (
+                    str(dataset.root),
+                    "every mask has values {0, 255} only: binary masks stored as 0/255? 255 is the ignore "
+                    "label, so all foreground would be ignored; map 255 -> 1 (mask // 255) and use "
+                    "num_classes=2",
+                )
             )
-        )
+        elif _looks_binary_255(report):
+            total = sum(report.class_pixels) + report.ignore_pixels
+            report.problems.append(
+                (
+                    str(dataset.root),
+                    f"masks look binary 0/255: 255 (the ignore label) covers "
+                    f"{100.0 * report.ignore_pixels / total:.1f}% of the pixels but classes 1 and up only "
+                    f"{sum(report.class_pixels[1:])} px, so the foreground would be ignored; map 255 -> 1 "
+                    f"(mask // 255, after fixing the stray values) and use num_classes=2",
+                )
+            )
     report.sizes = dict(sizes)
     return report
+
+
+def _looks_binary_255(report: VerifyReport) -> bool:
+    """Binary masks saved as 0/255 with a few stray values (anti-aliasing, a resize).
+
+    The exact ``{0, 255}`` test misses them. Their signature: 255 covers a real share of the
+    pixels (the foreground) while all classes but 0 together are a sliver of that. Datasets that
+    use 255 for void (VOC's thin borders, Cityscapes' unlabelled regions) have their objects in
+    classes 1 and up, many times the void pixels, so they stay clear of it.
+    """
+    total = sum(report.class_pixels) + report.ignore_pixels
+    if not total or report.ignore_pixels < _BINARY_MIN_IGNORE_SHARE * total:
+        return False
+    return sum(report.class_pixels[1:]) < _BINARY_MAX_CLASS_RATIO * report.ignore_pixels
+
+
+def _check_cityscapes_label_ids(raw: np.ndarray, mask_path: Path | None, report: VerifyReport) -> None:
+    """Real labelIds are 0..33; a 255 (or any value past 33) means a labelTrainIds image (0..18 and
+    255) saved under the labelIds name, which the labelId -> trainId table would silently scramble
+    (road, trainId 0, would become ignore; trainId 7 would become road)."""
+    values, counts = np.unique(raw[raw > _CITYSCAPES_MAX_LABEL_ID], return_counts=True)
+    if not values.size:
+        return
+    shown = ", ".join(f"{v} ({n} px)" for v, n in zip(values[:8].tolist(), counts[:8].tolist(), strict=True))
+    report.problems.append(
+        (
+            str(mask_path),
+            f"label values {shown} in a labelIds file, where Cityscapes labelIds are 0..33: a labelTrainIds "
+            f"image saved as *_labelIds.png? Use the *_gtFine_labelIds.png files from gtFine",
+        )
+    )
 
 
 def _strip_path(message: str, path: Path | None) -> str:
@@ -169,24 +219,18 @@ def _count_labels(
     report: VerifyReport,
     seen_values: set[int],
 ) -> None:
-    mapped = dataset.map_mask(raw).ravel()
-    num_classes, ignore = report.class_pixels.__len__(), report.ignore_index
+    mapped = dataset.map_mask(raw)
+    num_classes, ignore = len(report.class_pixels), report.ignore_index
     values, counts = np.unique(mapped, return_counts=True)
     seen_values.update(int(v) for v in values)
-    bad = []
+    bad = False
     for value, n in zip(values.tolist(), counts.tolist(), strict=True):
-        if 0 <= value < num_classes:
-            report.class_pixels[value] += n
-        elif value == ignore:
+        if value == ignore:  # first: an ignore value inside [0, C) is still ignored, not a class
             report.ignore_pixels += n
+        elif 0 <= value < num_classes:
+            report.class_pixels[value] += n
         else:
-            bad.append((value, n))
+            bad = True
     if bad:
-        shown = ", ".join(f"{v} ({n} px)" for v, n in bad[:8])
-        report.problems.append(
-            (
-                str(mask_path),
-                f"label values outside [0, {num_classes}) and not ignore {ignore}: {shown}; "
-                f"check num_classes or the label mapping",
-            )
-        )
+        message = bad_label_message(raw, mapped, dataset.info, dataset.label_map)
+        report.problems.append((str(mask_path), f"{message}; check num_classes or the label mapping"))
