@@ -68,3 +68,19 @@ def test_user_error_is_one_line_without_traceback() -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert "does-not-exist.pth" in result.stderr
+
+
+def test_under_torchrun_a_shared_config_error_is_printed_by_rank_0_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank reads the same config; one message, from rank 0, and the same status everywhere.
+    An error of one rank alone (here: a missing file, not marked as shared) is still printed."""
+    bad = ["train", "--config", "demo", "--set", "optim.amp=fp8"]
+    monkeypatch.setenv("RANK", "1")
+    assert main(bad) == 2
+    assert capsys.readouterr().err == ""
+    assert main(["convert", "does-not-exist.pth", "out.safetensors"]) == 2
+    assert "does-not-exist.pth" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert main(bad) == 2
+    assert capsys.readouterr().err.count("optim.amp") == 1

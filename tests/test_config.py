@@ -76,6 +76,12 @@ def test_round_trip_through_yaml(tmp_path):
         (["data.scale=[2, 1]"], ["data.scale"]),
         (["optim"], ["KEY=VALUE"]),
         (["optim.base_lr.x=1"], ["optim.base_lr", "not a section"]),
+        (["optim.base_lr=fast"], ["optim.base_lr", "'fast'", "float"]),
+        (["optim.base_lr=1e400"], ["optim.base_lr"]),  # inf
+        (["optim.weight_decay=nan"], ["optim.weight_decay"]),
+        (["model.overrides.num_classes=5"], ["model.overrides.num_classes", "model.num_classes"]),
+        (["data.ignore_index=70000"], ["data.ignore_index", "70000"]),
+        (["data.ignore_index=-1"], ["data.ignore_index", "-1"]),
     ],
 )
 def test_mistakes_name_the_key_and_the_fix(overrides, fragments):
@@ -83,6 +89,30 @@ def test_mistakes_name_the_key_and_the_fix(overrides, fragments):
         load_config("demo", overrides)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_floats_in_scientific_notation_are_accepted(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-4 without a dot as a string; the docs write weight_decay 1e-4."""
+    config = load_config("demo", ["optim.base_lr=1e-3", "optim.weight_decay=5E-4", "data.scale=[5e-1, 2]"])
+    assert (config.optim.base_lr, config.optim.weight_decay) == (0.001, 0.0005)
+    assert config.data.scale == [0.5, 2.0] and isinstance(config.optim.base_lr, float)
+    path = tmp_path / "my.yaml"
+    path.write_text("data: {root: demo_small}\noptim: {iterations: 2, weight_decay: 1e-4}\n")
+    assert load_config(path).optim.weight_decay == 0.0001
+    with pytest.raises(InputError, match="optim.batch_size"):  # integers stay integers
+        load_config("demo", ["optim.batch_size=1e1"])
+
+
+def test_data_keys_for_lists_palettes_and_ignore_index():
+    config = load_config(
+        "demo", ["data.data_root=/data/ade", "data.mask_palette=voc2012", "data.ignore_index=0"]
+    )
+    assert (config.data.data_root, config.data.mask_palette, config.data.ignore_index) == (
+        "/data/ade", "voc2012", 0
+    )  # fmt: skip
+    assert load_config("demo").data.ignore_index is None  # the dataset's own
+    moved = load_config("demo", ["data.data_root=/elsewhere"])
+    assert moved.fingerprint_hash() == load_config("demo").fingerprint_hash()  # where, not what
 
 
 def test_unknown_shipped_name_lists_the_shipped_configs():

@@ -5,7 +5,8 @@ Each module in :mod:`pspnet.commands` defines ``NAME``, ``HELP``, ``add_argument
 User mistakes (:class:`pspnet.errors.InputError`, ``ValueError``, missing files) print one line
 and exit with status 2. Failures of the machine rather than the input (:class:`pspnet.errors.StorageError`
 such as a full disk, other ``OSError``) print one line and exit with status 1. Set ``PSPNET_DEBUG=1``
-to see the traceback.
+to see the traceback. Under torchrun, an error that every rank raised alike (a config mistake) is
+printed by rank 0 only.
 """
 
 from __future__ import annotations
@@ -95,8 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     except (*_USER_ERRORS, OSError) as exc:
         if os.environ.get("PSPNET_DEBUG"):
             raise
-        print(f"pspnet {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        if not _printed_by_rank_0(exc):
+            print(f"pspnet {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return exit_status(exc)
+
+
+def _printed_by_rank_0(exc: BaseException) -> bool:
+    """Under torchrun, an error every rank raised alike (marked by
+    :func:`pspnet.engine.distributed.same_on_every_rank`) is printed by rank 0 alone; the other
+    ranks exit with the same status silently."""
+    return bool(getattr(exc, "same_on_every_rank", False)) and os.environ.get("RANK", "0") != "0"
 
 
 if __name__ == "__main__":

@@ -79,12 +79,23 @@ class DataSection:
         kind: ``auto``, ``voc2012``, ``cityscapes``, ``ade20k``, ``folder`` or ``list``.
         dataset: name of a known label space (``voc2012``, ``cityscapes``, ``ade20k``,
             ``context_demo``) for folder/list data; None = the layout's own.
-        train_split, val_split: split names; ``val_split: null`` disables validation.
+        train_split, val_split: split names; ``val_split: null`` disables validation. For
+            ``kind: list`` data, ``val_split`` names the validation list file: a path (relative
+            to the working directory or to the training list's folder) or a bare name such as
+            ``val`` for ``<training list folder>/val.txt``. A flat folder dataset (no
+            ``images/<val_split>/``) has no validation split: set ``val_split: null``.
+        data_root: base of the relative paths in list files (default: each list file's folder),
+            e.g. the dataset root for the authors' ``list/training.txt`` files.
         crop_size: square training crop (473 ADE20K/VOC, 713 Cityscapes).
         scale: random scale range, null = no scaling; rotate: degrees, null = no rotation.
         blur, flip: the 50% Gaussian blur and horizontal flip.
         num_workers: DataLoader worker processes per rank.
-        ignore_index: label value ignored by the loss and the metrics.
+        ignore_index: label value ignored by the loss, the crop padding and the metrics; null =
+            the dataset's own (255; a folder's ``dataset.json`` may say otherwise). Folder and list
+            data may use another value; the public layouts map void to 255 and require 255.
+        mask_palette: null, or the name of a dataset (``voc2012``, ``cityscapes``, ``ade20k``,
+            ``context_demo``) whose palette maps RGB colour masks to class ids (folder, list and
+            voc2012 layouts).
         verify: read every file before training (quick mode: ``verify_max_files``) and refuse a
             dataset with problems.
         verify_max_files: check only this many pairs (None = all).
@@ -100,8 +111,10 @@ class DataSection:
     rotate: list[float] | None = field(default_factory=lambda: [-10.0, 10.0])
     blur: bool = True
     flip: bool = True
+    data_root: str | None = None
     num_workers: int = 4
-    ignore_index: int = 255
+    ignore_index: int | None = None
+    mask_palette: str | None = None
     verify: bool = True
     verify_max_files: int | None = 200
 
@@ -193,8 +206,9 @@ class TrainConfig:
         seed: seeds Python, NumPy and torch, the shuffling and the augmentation stream.
         deterministic: deterministic algorithms (bit-identical reruns and resumes on CPU).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        nonfinite: what a NaN/inf loss does: ``skip`` the step (logged) or ``abort``.
-        resume: continue from ``OUT/last``.
+        nonfinite: what a NaN/inf loss does: ``skip`` the step (logged) or ``abort``. NaN/inf
+            weights (a diverged run) stop the run either way.
+        resume: continue from ``OUT/last``; without it, an output folder holding a run is refused.
         dist_timeout_s: how long a rank waits for the others before giving up (DDP).
     """
 
@@ -220,10 +234,11 @@ class TrainConfig:
         """The settings that decide the trained weights; a resume must not change them.
 
         Left out on purpose: output, evaluation, worker count, verification, progress: they change
-        where results go or how fast they come, not the numbers.
+        where results go or how fast they come, not the numbers. ``optim.base_lr`` is in, but a
+        resume may change it (the engine says so): the way out of a diverged run.
         """
         data = dataclasses.asdict(self.data)
-        for key in ("root", "num_workers", "verify", "verify_max_files", "val_split"):
+        for key in ("root", "data_root", "num_workers", "verify", "verify_max_files", "val_split"):
             data.pop(key)
         model = dataclasses.asdict(self.model)
         model.pop("init_weights")  # only the very first iteration reads it
@@ -291,16 +306,24 @@ class TrainConfig:
             raise InputError(
                 f"eval.scales must be a non-empty list of positive numbers, got {self.eval.scales}"
             )
-        if not 0 <= self.data.ignore_index <= 255:
-            raise InputError(f"data.ignore_index must be in [0, 255], got {self.data.ignore_index}")
+        if self.data.ignore_index is not None and not 0 <= self.data.ignore_index <= 65535:
+            raise InputError(
+                f"data.ignore_index must be in [0, 65535] (a value a mask can hold) or null, "
+                f"got {self.data.ignore_index}"
+            )
         _check_model_overrides(self.model.overrides)
 
 
 def _check_model_overrides(overrides: dict[str, Any]) -> None:
     from pspnet.models.pspnet import PSPNetConfig
 
-    allowed = [f.name for f in dataclasses.fields(PSPNetConfig)]
+    allowed = [f.name for f in dataclasses.fields(PSPNetConfig) if f.name != "num_classes"]
     for key in overrides:
+        if key == "num_classes":
+            raise InputError(
+                "model.overrides.num_classes: the class count is model.num_classes (null = the dataset's); "
+                "set that instead and remove it from model.overrides"
+            )
         if key not in allowed:
             raise InputError(f"unknown key model.overrides.{key}; allowed keys: {', '.join(allowed)}")
     try:
@@ -325,6 +348,15 @@ def _describe(tp: Any) -> str:
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
+
+
+def _float_text(text: str) -> float | str:
+    """``"1e-4"`` -> 1e-4: PyYAML (YAML 1.1) reads exponents without a dot as strings, so ``1e-4``
+    in a file or ``--set`` arrives as text. Anything else stays text (and is refused)."""
+    try:
+        return float(text.strip().replace("_", "x"))  # no "1_0": not a YAML float either
+    except ValueError:
+        return text
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -369,6 +401,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise fail
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = _float_text(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             result = float(value)
             if result != result or result in (float("inf"), float("-inf")):

@@ -37,7 +37,8 @@ sys.path.insert(0, {here!r})
 from test_engine_train import TinyDataset
 from pspnet.config import load_config
 from pspnet.engine.train import train
-result = train(load_config(None, json.loads(sys.argv[1])), TinyDataset(16))
+void = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
+result = train(load_config(None, json.loads(sys.argv[1])), TinyDataset(16, void=void))
 digest = hashlib.sha256()
 for key, value in sorted(result.model.state_dict().items()):
     digest.update(key.encode()); digest.update(value.detach().cpu().contiguous().numpy().tobytes())
@@ -159,3 +160,42 @@ def test_only_lost_peer_errors_are_rewritten():
     assert "\n" not in str(lost) and "pair.cc" not in str(lost)
     assert lost_peer_error(torch.distributed.DistBackendError("NCCL error"), rank=0) is not None
     assert lost_peer_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), rank=0) is None
+
+
+def test_a_collective_timeout_means_a_lost_peer():
+    """A hung rank: gloo's recv times out after dist_timeout_s (NCCL's watchdog says "timeout")."""
+    from pspnet.engine.distributed import lost_peer_error
+
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 10000ms "
+        "for recv operation to complete"
+    )
+    lost = lost_peer_error(gloo, rank=0)
+    assert lost is not None and "unbound_buffer" not in str(lost)
+    assert str(lost).startswith("rank 0 lost contact with the other ranks (Timed out waiting 10000ms")
+    nccl = RuntimeError("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5, ...)")
+    assert lost_peer_error(nccl, rank=1) is not None
+
+
+@pytest.mark.slow
+def test_ranks_stay_in_step_when_one_has_only_void_pixels(tmp_path):
+    """All images but one are all-ignore: at every step at least one rank's micro-batch has no
+    labelled pixel. Its loss is 0 (not NaN), so nonfinite: abort never fires, and both ranks end
+    with the same weights."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_SCRIPT.format(here=str(HERE)))
+    out = tmp_path / "ddp"
+    out.mkdir()
+    settings = {**SETTINGS, "optim.batch_size": 4, "nonfinite": "abort"}
+    run = subprocess.run(
+        _torchrun(
+            str(script), json.dumps(tiny_overrides(out, **settings)), str(out), json.dumps(list(range(1, 16)))
+        ),
+        env=_env(),
+        capture_output=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr).decode()[-3000:]
+    assert (out / "hash_0.txt").read_text() == (out / "hash_1.txt").read_text()
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in lines if "loss" in e] == [1, 2, 3] and not any("event" in e for e in lines)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_engine_train import TinyDataset, tiny_overrides
+from test_engine_train import TinyDataset, read_metrics, tiny_overrides
 
 from pspnet.config import load_config
-from pspnet.engine.train import train
+from pspnet.engine.train import NonFiniteLossError, train
 from pspnet.errors import InputError
 from pspnet.io import train_state
 from pspnet.io.train_state import capture_rng, list_checkpoints, restore_rng, save_checkpoint
@@ -66,7 +66,10 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     assert resumed_data.loads == 2 * 8  # iterations 5..12 only: consumed images were skipped unread
     assert_same_weights(full.model_path, resumed.model_path)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [e["iter"] for e in lines if "loss" in e][-8:] == list(range(5, 13))
+    # iterations 5 and 6, logged before the crash and trained again, are logged once
+    assert [e["iter"] for e in lines if "loss" in e] == list(range(1, 13))
+    times = [e["time"] for e in lines if "loss" in e]
+    assert times == sorted(times)  # the resumed part goes on from the checkpoint's time
 
 
 def test_resume_past_the_end_of_a_shorter_epoch_starts_the_next_one(tmp_path):
@@ -85,12 +88,83 @@ def test_resume_past_the_end_of_a_shorter_epoch_starts_the_next_one(tmp_path):
 def test_resume_refuses_a_changed_config(tmp_path):
     out = tmp_path / "run"
     train(load_config(None, tiny_overrides(out, **{"optim.iterations": 2})), TinyDataset(8))
-    changed = tiny_overrides(out, resume=True, **{"optim.iterations": 2, "optim.base_lr": 0.5})
-    with pytest.raises(InputError, match=r"optim\.base_lr: checkpoint 0\.01 vs now 0\.5"):
+    changed = tiny_overrides(out, resume=True, **{"optim.iterations": 2, "optim.momentum": 0.5})
+    with pytest.raises(InputError, match=r"optim\.momentum: checkpoint 0\.9 vs now 0\.5"):
         train(load_config(None, changed), TinyDataset(8))
     other_model = tiny_overrides(out, resume=True, **{"optim.iterations": 2, "model.preset": "fcn_tiny"})
     with pytest.raises(InputError, match=r"model\.preset: checkpoint 'pspnet_tiny' vs now 'fcn_tiny'"):
         train(load_config(None, other_model), TinyDataset(8))
+
+
+def test_resume_compares_the_ignore_index_in_effect(tmp_path):
+    """data.ignore_index null means the dataset's (255): a run started with 255 spelled out (as
+    checkpoints of earlier versions, whose default it was) resumes with null, and the reverse."""
+    out = tmp_path / "run"
+    settings = {"optim.iterations": 4, "output.checkpoint_interval": 2, "data.ignore_index": 255}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(load_config(None, tiny_overrides(out, **settings)), TinyDataset(8, fail_after=2 * 2 + 1))
+    settings["data.ignore_index"] = None
+    assert (
+        train(load_config(None, tiny_overrides(out, resume=True, **settings)), TinyDataset(8)).iterations == 4
+    )
+
+
+def test_resume_may_change_the_base_lr(tmp_path, capsys):
+    """The way out of a diverged run: resume with a lower base_lr; the poly schedule goes on at it."""
+    out = tmp_path / "run"
+    settings = {"optim.iterations": 4, "output.checkpoint_interval": 2}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(load_config(None, tiny_overrides(out, **settings)), TinyDataset(8, fail_after=2 * 2 + 1))
+    train(
+        load_config(None, tiny_overrides(out, resume=True, **settings, **{"optim.base_lr": 0.002})),
+        TinyDataset(8),
+    )
+    assert "optim.base_lr changed from 0.01 to 0.002" in capsys.readouterr().err
+    lrs = {e["iter"]: e["lr"] for e in read_metrics(out) if "lr" in e}
+    assert lrs[2] == pytest.approx(0.01 * (1 - 1 / 4) ** 0.9)
+    assert lrs[3] == pytest.approx(0.002 * (1 - 2 / 4) ** 0.9)
+    assert lrs[4] == pytest.approx(0.002 * (1 - 3 / 4) ** 0.9)
+
+
+def _diverge(out: Path, settings: dict, **extra) -> str:
+    """Train at lr 200 (the weights become NaN within a few steps); the stop message."""
+    config = load_config(None, tiny_overrides(out, **settings, **{"optim.base_lr": 200.0}, **extra))
+    with pytest.raises(NonFiniteLossError, match="NaN/inf") as info:
+        train(config, TinyDataset(8))
+    message = str(info.value)
+    assert int(message.split()[1].rstrip(":")) < 20  # at once, not at the next (final) checkpoint
+    assert "--resume" in message and "lower optim.base_lr" in message
+    return message
+
+
+def _finish(out: Path, settings: dict) -> None:
+    result = train(load_config(None, tiny_overrides(out, resume=True, **settings)), TinyDataset(8))
+    state = load_file(str(result.model_path))
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert [e["iter"] for e in read_metrics(out) if "loss" in e] == list(range(1, 21))
+
+
+def test_diverged_weights_stop_at_once_and_the_advice_works(tmp_path):
+    """With nonfinite: skip, NaN weights stop the run at the first such step (not at the next
+    checkpoint); the advice, --resume with a lower base_lr, is accepted."""
+    out = tmp_path / "run"
+    settings = {"optim.iterations": 20, "output.checkpoint_interval": 100}
+    with pytest.raises(RuntimeError, match="simulated crash"):  # a good checkpoint at 2
+        train(
+            load_config(None, tiny_overrides(out, **{**settings, "output.checkpoint_interval": 2})),
+            TinyDataset(8, fail_after=2 * 2 + 1),
+        )
+    message = _diverge(out, settings, resume=True)
+    assert f"--resume (it continues from {out / 'checkpoints' / 'iter_00000002'})" in message
+    _finish(out, settings)
+
+
+def test_diverged_before_any_checkpoint_the_advice_does_not_name_one(tmp_path):
+    out = tmp_path / "run"
+    settings = {"optim.iterations": 20, "output.checkpoint_interval": 100}
+    message = _diverge(out, settings)
+    assert "No checkpoint was written yet" in message and "/last" not in message
+    _finish(out, settings)
 
 
 def test_state_file_needs_no_unpickling(tmp_path):

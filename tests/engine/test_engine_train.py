@@ -19,9 +19,10 @@ from pspnet.cli import main
 from pspnet.config import load_config
 from pspnet.data.info import DatasetInfo, default_palette
 from pspnet.data.preprocess import PYTORCH_PREPROCESS
-from pspnet.engine.optim import build_optimizer, poly_lr, set_lr
+from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
 from pspnet.engine.train import NonFiniteLossError, train
-from pspnet.errors import InputError
+from pspnet.engine.train_setup import open_train_datasets
+from pspnet.errors import DataError, InputError
 from pspnet.io.checkpoint import load_model
 from pspnet.io.train_state import list_checkpoints, load_checkpoint
 from pspnet.models.registry import create_model
@@ -36,18 +37,19 @@ class TinyDataset(torch.utils.data.Dataset):
     """The SegmentationDataset contract on patterned 64 px scenes (4x4 blocks of classes).
 
     Deterministic per ``(seed, epoch, index)``. Every pixel is labelled (no 255), so per-rank mean
-    losses average to the global mean. ``poison`` indices return NaN images, ``fail_after`` makes
-    loading raise (a simulated crash), ``delay`` slows each item (to kill a run mid-way).
+    losses average to the global mean. ``poison`` indices return NaN images, ``void`` indices
+    all-ignore masks, ``fail_after`` makes loading raise (a simulated crash), ``delay`` slows each
+    item (to kill a run mid-way).
     """
 
     def __init__(
-        self, n=16, num_classes=4, size=64, seed=0, delay=0.0, poison=(), fail_after=None, flip=True
+        self, n=16, num_classes=4, size=64, seed=0, delay=0.0, poison=(), fail_after=None, flip=True, void=()
     ):
         names = tuple(f"c{i}" for i in range(num_classes))
         self.info = DatasetInfo("tiny", names, default_palette(num_classes), crop_size=size, base_size=size)
         self.samples = [_Sample(f"img{i:03d}") for i in range(n)]
         self.n, self.size, self.seed, self.delay = n, size, seed, delay
-        self.poison, self.fail_after, self.flip = set(poison), fail_after, flip
+        self.poison, self.fail_after, self.flip, self.void = set(poison), fail_after, flip, set(void)
         self.epoch, self.loads = 0, 0
 
     def __len__(self):
@@ -78,6 +80,8 @@ class TinyDataset(torch.utils.data.Dataset):
         x = PYTORCH_PREPROCESS.to_tensor(np.ascontiguousarray(image))
         if index in self.poison:
             x = torch.full_like(x, float("nan"))
+        if index in self.void:
+            mask = np.full_like(mask, 255)
         return {"image": x, "mask": torch.from_numpy(np.ascontiguousarray(mask)), "index": int(index)}
 
 
@@ -342,3 +346,266 @@ def test_command_refuses_a_dataset_failing_verification(tmp_path, capsys):
 def test_command_rejects_bad_config_values(tmp_path, capsys):
     assert main(["train", "--config", "demo", "--set", "optim.amp=fp8"]) == 2
     assert "optim.amp" in capsys.readouterr().err
+
+
+def test_command_refuses_a_bad_validation_mask_before_training(tmp_path, capsys):
+    """The val split is verified before step 1: a bad val mask costs seconds, not the whole run."""
+    data = _folder_dataset(tmp_path / "data", 4)
+    mask = np.array(Image.open(data / "masks" / "val" / "001.png"))
+    mask[:2, :2] = 30
+    Image.fromarray(mask).save(data / "masks" / "val" / "001.png")
+    out = tmp_path / "run"
+    assert main([*_command_args(data, out), "--set", "data.dataset=null"]) == 2
+    err = capsys.readouterr().err
+    assert "validation dataset" in err and "001.png" in err and "30" in err
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- data from the config
+
+
+def _list_files(data: Path, folder: Path, data_root: Path | None = None) -> None:
+    """train.txt / val.txt in ``folder`` listing the folder dataset's train / val pairs."""
+    base = data_root if data_root is not None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        lines = [
+            f"{(data / 'images' / split / f'{i:03d}.png').relative_to(base)} "
+            f"{(data / 'masks' / split / f'{i:03d}.png').relative_to(base)}"
+            for i in range(4 if split == "train" else 2)
+        ]
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    (folder / "classes.txt").write_text("c0\nc1\nc2\nc3\n")
+
+
+def _open(root: Path, *sets: str):
+    config = load_config("demo", ["data.dataset=null", f"data.root={root}", "data.kind=list", *sets])
+    return open_train_datasets(config, PYTORCH_PREPROCESS)
+
+
+def test_a_list_dataset_validates_on_its_val_list_never_on_the_training_list(tmp_path, monkeypatch):
+    data = _folder_dataset(tmp_path / "data", 4)
+    _list_files(data, data)
+    train_list = data / "train.txt"
+    val_images = [data / "images" / "val" / f"{i:03d}.png" for i in range(2)]
+    for val_split in ("val", "val.txt", str(data / "val.txt")):
+        train_set, val_set = _open(train_list, f"data.val_split={val_split}")
+        assert [s.image.resolve() for s in val_set.samples] == val_images
+        assert len(train_set.samples) == 4
+    monkeypatch.chdir(tmp_path)
+    _, val_set = _open(train_list, "data.val_split=data/val.txt")  # relative to the working directory
+    assert [s.image.resolve() for s in val_set.samples] == val_images
+    assert _open(train_list, "data.val_split=null")[1] is None
+    with pytest.raises(
+        InputError, match=r"data\.val_split='test'.*set data\.val_split to the val list path or null"
+    ):
+        _open(train_list, "data.val_split=test")
+    with pytest.raises(InputError, match="training list .* itself"):
+        _open(train_list, "data.val_split=train")
+
+
+def test_list_files_kept_apart_from_the_data_use_data_root(tmp_path):
+    """The authors' layout: list/train.txt with paths relative to the dataset root."""
+    data = _folder_dataset(tmp_path / "data", 4)
+    _list_files(data, tmp_path / "lists", data_root=data)
+    with pytest.raises(DataError, match=r"but missing.*set data\.data_root"):
+        _open(tmp_path / "lists" / "train.txt")
+    train_set, val_set = _open(tmp_path / "lists" / "train.txt", f"data.data_root={data}")
+    assert [s.image for s in train_set.samples] == [
+        data / "images" / "train" / f"{i:03d}.png" for i in range(4)
+    ]
+    assert [s.image for s in val_set.samples] == [data / "images" / "val" / f"{i:03d}.png" for i in range(2)]
+
+
+def test_a_flat_folder_has_no_validation_split(tmp_path):
+    data = tmp_path / "flat"
+    split = _folder_dataset(tmp_path / "split", 4)
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for i in range(4):
+        (data / "images" / f"{i}.png").write_bytes((split / "images" / "train" / f"{i:03d}.png").read_bytes())
+        (data / "masks" / f"{i}.png").write_bytes((split / "masks" / "train" / f"{i:03d}.png").read_bytes())
+    (data / "classes.txt").write_text("c0\nc1\nc2\nc3\n")
+    sets = ["data.dataset=null", f"data.root={data}", "data.kind=folder"]
+    with pytest.raises(InputError, match=r"no val/ folder.*training images.*data\.val_split=null"):
+        open_train_datasets(load_config("demo", sets), PYTORCH_PREPROCESS)
+    train_set, val_set = open_train_datasets(
+        load_config("demo", [*sets, "data.val_split=null"]), PYTORCH_PREPROCESS
+    )
+    assert len(train_set) == 4 and val_set is None
+
+
+def test_ignore_index_reaches_the_dataset_the_padding_the_loss_and_the_model(tmp_path, capsys):
+    """Masks that mark unlabelled pixels with 9 (4 classes): refused by default, trained with
+    data.ignore_index=9; the crop padding uses 9 too."""
+    data = _folder_dataset(tmp_path / "data", 4)
+    for split in ("train", "val"):
+        for i in range(4):
+            path = data / "masks" / split / f"{i:03d}.png"
+            mask = np.array(Image.open(path))
+            mask[:8] = 9
+            Image.fromarray(mask).save(path)
+    sets = ["data.dataset=null", f"data.root={data}", "data.kind=folder", "data.crop_size=96"]
+    sets += ["data.scale=null", "data.rotate=null"]
+    train_set, val_set = open_train_datasets(
+        load_config("demo", [*sets, "data.ignore_index=9"]), PYTORCH_PREPROCESS
+    )
+    assert train_set.info.ignore_index == 9 and val_set.info.ignore_index == 9
+    item = train_set[0]
+    assert item["mask"].shape == (96, 96)
+    padding = item["image"].abs().sum(0) == 0  # padded with the mean colour: zero after normalising
+    assert padding.sum() >= 96 * 96 - 64 * 64 and bool((item["mask"][padding] == 9).all())
+    out = tmp_path / "run"
+    args = [*_command_args(data, out), *[a for s in [*sets, "data.ignore_index=9"] for a in ("--set", s)]]
+    assert main(args) == 0, capsys.readouterr().err
+    assert load_model(out / "model.safetensors").dataset_info.ignore_index == 9
+    assert all(math.isfinite(e["loss"]) for e in read_metrics(out) if "loss" in e)
+    assert main([*_command_args(data, tmp_path / "run2"), *[a for s in sets for a in ("--set", s)]]) == 2
+    assert "9" in capsys.readouterr().err  # label 9 outside [0, 4) without data.ignore_index
+
+
+def test_ignore_index_must_match_a_given_dataset(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", **{"data.ignore_index": 0}))
+    with pytest.raises(InputError, match=r"data\.ignore_index=0 .* 255"):
+        train(cfg, TinyDataset(8))
+
+
+def _voc_dataset(root: Path, n: int = 4, size: tuple[int, int] = (48, 40)) -> Path:
+    """A small PASCAL VOC 2012 layout (21 classes, grey masks) with train and val lists."""
+    voc = root / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"2007_{i:06d}" for i in range(2 * n)]
+    for name in names:
+        mask = np.kron(rng.integers(0, 21, (4, 4)), np.ones((size[1] // 4, size[0] // 4))).astype(np.uint8)
+        image = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"{name}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[:n]) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[n:]) + "\n")
+    return voc
+
+
+def test_validation_during_training_uses_the_eval_protocol(tmp_path, monkeypatch):
+    """VOC images are resized to the VOC base size (512) as `pspnet eval` does, and the sliding
+    window is the training crop, which the saved model records for later `pspnet eval --mode slide`."""
+    import pspnet.engine.evaluate as evaluate_module
+
+    calls = []
+    real = evaluate_module.evaluate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)
+    voc = _voc_dataset(tmp_path / "voc")
+    out = tmp_path / "run"
+    sets = {"data.root": str(voc), "data.kind": "voc2012", "data.crop_size": 40, "data.train_split": "train"}
+    sets.update({"optim.iterations": 2, "eval.mode": "slide", "eval.limit": 1, "data.dataset": None})
+    train(load_config("demo", tiny_overrides(out, **sets)))
+    assert [(c["base_size"], c["crop_size"], c["mode"]) for c in calls] == [(512, 40, "slide")]
+    info = load_model(out / "model.safetensors").dataset_info
+    assert (info.name, info.crop_size, info.base_size) == ("voc2012", 40, 512)
+    with pytest.raises(InputError, match=r"data\.ignore_index=254: .*255"):  # the VOC layout maps void to 255
+        train(load_config("demo", tiny_overrides(tmp_path / "r2", **sets, **{"data.ignore_index": 254})))
+
+
+def test_all_void_batch_is_a_zero_loss_not_a_divergence(tmp_path):
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    void = torch.full((2, 8, 8), 255)
+    loss, _, aux = segmentation_loss({"out": logits}, void)
+    assert loss.item() == 0.0 and aux is None
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    target = void.clone()
+    target[0, :3] = 2
+    target[1, 5:, 2:] = 1
+    reference = F.cross_entropy(logits.detach(), target, ignore_index=255)  # mean over labelled pixels
+    torch.testing.assert_close(segmentation_loss({"out": logits.detach()}, target)[0], reference)
+    # a whole run over all-void crops: nothing non-finite, nothing aborted
+    out = tmp_path / "run"
+    result = train(load_config(None, tiny_overrides(out, nonfinite="abort")), TinyDataset(8, void=range(8)))
+    assert result.skipped_steps == [] and [e["loss"] for e in read_metrics(out)] == [0.0] * 4
+
+
+def test_freeze_bn_trains_with_a_micro_batch_of_one(tmp_path):
+    settings = {"optim.accumulate": 2, "model.freeze_bn": True}
+    result = train(load_config(None, tiny_overrides(tmp_path / "run", **settings)), TinyDataset(8))
+    assert result.iterations == 4 and load_model(result.model_path).num_classes == 4
+
+
+def test_log_lines_total_loss_and_the_epoch_of_their_iteration(tmp_path):
+    """8 images, batch 2: 4 steps per epoch. The val line of iteration 4 (the last of epoch 0)
+    says epoch 0 like the train line; total_loss is what is optimised, main + 0.4 aux."""
+    out = tmp_path / "run"
+    settings = {"optim.iterations": 8, "eval.interval": 4, "eval.limit": 1}
+    train(load_config(None, tiny_overrides(out, **settings)), TinyDataset(8), TinyDataset(2, seed=9))
+    lines = read_metrics(out)
+    epochs = {(e["iter"], "val_miou" in e): e["epoch"] for e in lines}
+    assert epochs[(4, False)] == epochs[(4, True)] == 0 and epochs[(8, False)] == epochs[(8, True)] == 1
+    for e in (e for e in lines if "loss" in e):
+        assert e["total_loss"] == pytest.approx(e["loss"] + 0.4 * e["aux_loss"], rel=1e-5)
+
+
+def test_throughput_leaves_out_validation_and_checkpoint_time(tmp_path, monkeypatch):
+    """A fake clock: each reading advances 1 ms, each validation 1000 s. The images/s of the
+    window after a validation would be ~0.002 if the validation counted."""
+    import pspnet.engine.train as engine
+
+    clock = {"t": 0.0}
+
+    def perf_counter():
+        clock["t"] += 0.001
+        return clock["t"]
+
+    real = engine._validate
+
+    def slow_validate(*args, **kwargs):
+        clock["t"] += 1000.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "time", type("FakeTime", (), {"perf_counter": staticmethod(perf_counter)}))
+    monkeypatch.setattr(engine, "_validate", slow_validate)
+    out = tmp_path / "run"
+    settings = {"optim.iterations": 4, "eval.interval": 2, "eval.limit": 1}
+    result = train(load_config(None, tiny_overrides(out, **settings)), TinyDataset(8), TinyDataset(2, seed=9))
+    speeds = [e["images_per_s"] for e in read_metrics(out) if "loss" in e]
+    assert len(speeds) == 4 and min(speeds) > 1.0 and result.images_per_s > 1.0
+
+
+class _BrokenVal(TinyDataset):
+    def load_raw(self, index):
+        raise DataError(f"val_{index}.png: label values [30] outside [0, 4)")
+
+
+def test_a_failing_final_validation_keeps_the_trained_model(tmp_path):
+    """The final checkpoint and model.safetensors are written before the final validation; after
+    fixing the data, --resume validates them without training again."""
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"final validation failed: val_0\.png.*--resume"):
+        train(load_config(None, tiny_overrides(out)), TinyDataset(8), _BrokenVal(2))
+    assert (out / "last").read_text().strip() == "checkpoints/iter_00000004"
+    assert load_model(out / "model.safetensors").num_classes == 4
+    data = TinyDataset(8)
+    result = train(load_config(None, tiny_overrides(out, resume=True)), data, TinyDataset(2, seed=9))
+    assert data.loads == 0  # nothing trained again
+    val = [e for e in read_metrics(out) if "val_miou" in e]
+    assert [e["iter"] for e in val] == [4] and result.best_miou == val[0]["val_miou"]
+    assert load_model(out / "best.safetensors").num_classes == 4
+    # resuming the finished, validated run validates nothing again
+    train(load_config(None, tiny_overrides(out, resume=True)), TinyDataset(8), _BrokenVal(2))
+
+
+def test_a_run_killed_before_its_first_checkpoint_still_needs_resume(tmp_path):
+    """Its metrics.jsonl would mix with a new run's: refused without --resume; --resume starts over."""
+    out = tmp_path / "run"
+    settings = {"output.checkpoint_interval": 10, "optim.iterations": 6}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(load_config(None, tiny_overrides(out, **settings)), TinyDataset(8, fail_after=2 * 3))
+    assert not (out / "last").exists() and (out / "metrics.jsonl").exists()
+    with pytest.raises(InputError, match=r"already holds a training run \(metrics\.jsonl\).*--resume"):
+        train(load_config(None, tiny_overrides(out, **settings, seed=3)), TinyDataset(8))
+    train(load_config(None, tiny_overrides(out, resume=True, **settings)), TinyDataset(8))
+    assert [e["iter"] for e in read_metrics(out)] == [1, 2, 3, 4, 5, 6]

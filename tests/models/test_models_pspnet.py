@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from pspnet import PSPNetConfig, create_model
+from pspnet.errors import InputError
 from pspnet.models import PSPNet, PyramidPooling, ResNetBackbone
 
 torch.manual_seed(0)
@@ -128,6 +130,44 @@ def test_batch_of_one_in_training_gives_actionable_error() -> None:
     model = create_model("pspnet_tiny", num_classes=3).train()
     with pytest.raises(ValueError, match="batch size 1"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_batch_of_one_trains_when_the_pyramid_batchnorms_are_frozen() -> None:
+    """Frozen BatchNorms (eval mode inside a training model, ``model.freeze_bn``) use running
+    statistics, so one image is fine; the check follows the 1x1 bin's BatchNorm, not model.training."""
+    model = create_model("pspnet_tiny", num_classes=3).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    out = model(torch.randn(1, 3, 32, 32))
+    assert set(out) == {"out", "aux"}  # still a training forward (aux head on)
+    out["out"].mean().backward()
+    model.ppm.branches[0][2].train()  # the 1x1 bin's BatchNorm back on batch statistics
+    with pytest.raises(ValueError, match="batch size 1"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: create_model("pspnet_tiny", num_classes="21"), r"num_classes must be an integer, got '21'"),
+        (lambda: create_model("pspnet_tiny", num_classes=21.0), "num_classes must be an integer"),
+        (lambda: create_model("pspnet_tiny", bins="1236"), "bins must be a sequence of integers"),
+        (lambda: create_model("pspnet_tiny", aux="yes"), "aux must be True or False"),
+        (lambda: create_model("pspnet_tiny", dropout="0.1"), "dropout must be a number"),
+        (lambda: PSPNet({"num_classes": 3}), r"takes a PSPNetConfig, got dict.*PSPNetConfig\.from_dict"),
+    ],
+)
+def test_wrongly_typed_config_is_an_input_error_naming_the_field(make, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        make()
+
+
+def test_numpy_numbers_become_python_ones() -> None:
+    """Config values are saved as JSON: a NumPy class count (e.g. read from an array) must not break it."""
+    config = PSPNetConfig(num_classes=np.int64(5), dropout=np.float32(0.5))
+    assert type(config.num_classes) is int and type(config.dropout) is float
+    assert config.num_classes == 5 and config.dropout == 0.5
 
 
 def test_config_round_trips_through_dict() -> None:

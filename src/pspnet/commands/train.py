@@ -34,23 +34,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pspnet.config import load_config
+    from pspnet.engine.distributed import same_on_every_rank
     from pspnet.engine.train import NonFiniteLossError, train
+    from pspnet.errors import InputError
 
     overrides = list(args.overrides)
     if args.out is not None:
         overrides.append(f"output.dir={args.out}")
     if args.resume:
         overrides.append("resume=true")
-    config = load_config(args.config, overrides)
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun: one message, not one per process
+    try:
+        config = load_config(args.config, overrides)
+    except InputError as exc:
+        same_on_every_rank(exc)
+        raise
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
     try:
         result = train(config)
-    except NonFiniteLossError as exc:
-        print(f"pspnet train: stopped: {exc}", file=sys.stderr)
+    except NonFiniteLossError as exc:  # every rank stops alike (the flag is reduced over ranks)
+        if main_rank:
+            print(f"pspnet train: stopped: {exc}", file=sys.stderr)
         return 1
-    if os.environ.get("RANK", "0") == "0":  # torchrun: one summary, not one per process
+    if main_rank:
         best = f"; best val mIoU {100 * result.best_miou:.2f}" if result.best_miou is not None else ""
         speed = f"{result.images_per_s:.1f} images/s"
         print(f"trained {result.iterations} iterations ({speed}): {result.model_path}{best}")

@@ -26,16 +26,21 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "lost_peer_error",
+    "same_on_every_rank",
 ]
 
-# What Gloo and NCCL say when the other end of a collective has gone away.
+# What Gloo and NCCL say when the other end of a collective has gone away, or never came (a hung
+# rank: "Timed out waiting 10000ms for recv operation", NCCL's watchdog "Watchdog caught collective
+# operation timeout"). Matched case-insensitively.
 _PEER_LOST_MARKERS = (
-    "Connection closed by peer",
-    "Connection reset by peer",
+    "connection closed by peer",
+    "connection reset by peer",
     "remote worker crashing",
-    "Broken pipe",
-    "NCCL communicator was aborted",
+    "broken pipe",
+    "nccl communicator was aborted",
     "remote process exited",
+    "timed out",
+    "timeout",
 )
 
 
@@ -104,7 +109,8 @@ def cleanup_distributed() -> None:
 
 
 def barrier(timeout_s: float, what: str = "barrier") -> None:
-    """Wait for every rank; raise RuntimeError naming the wait when one does not arrive in time."""
+    """Wait for every rank; raise :class:`PeerLostError` (a RuntimeError) naming the wait when one
+    does not arrive in time."""
     if not is_distributed():
         return
     try:
@@ -113,7 +119,7 @@ def barrier(timeout_s: float, what: str = "barrier") -> None:
         else:
             dist.barrier()
     except RuntimeError as exc:
-        raise RuntimeError(
+        raise PeerLostError(
             f"rank {dist.get_rank()}: gave up at {what} after {timeout_s:g} s: another rank died or hangs "
             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from exc
@@ -128,15 +134,24 @@ def all_reduce_mean(values: list[float], device: torch.device | str = "cpu") -> 
     return (tensor / dist.get_world_size()).tolist()
 
 
+def same_on_every_rank(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as raised alike by every rank (a config or data check before training): the
+    CLI then prints it on rank 0 only, instead of once per process. Errors of one rank (a file
+    only its shard reads) stay unmarked and are printed where they happen."""
+    exc.same_on_every_rank = True  # type: ignore[attr-defined]
+    return exc
+
+
 def lost_peer_error(exc: BaseException, rank: int) -> PeerLostError | None:
     """The one-line error for ``exc`` when it means another rank went away, else None."""
     text = str(exc)
-    if not (isinstance(exc, dist.DistError) or any(marker in text for marker in _PEER_LOST_MARKERS)):
+    lower = text.lower()
+    if not (isinstance(exc, dist.DistError) or any(marker in lower for marker in _PEER_LOST_MARKERS)):
         return None
     cause = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if cause.startswith("[") and "] " in cause:  # drop gloo's "[/path/pair.cc:553] " source location
         cause = cause.split("] ", 1)[1]
     return PeerLostError(
-        f"rank {rank} lost contact with the other ranks ({cause[:200]}); another rank died or the "
-        "network failed: see that rank's output, then restart every rank with --resume"
+        f"rank {rank} lost contact with the other ranks ({cause[:200]}); another rank died, hangs, or "
+        "the network failed: see that rank's output, then restart every rank with --resume"
     )

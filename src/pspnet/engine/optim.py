@@ -60,10 +60,20 @@ def segmentation_loss(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(main + aux_weight * aux, main, aux)``; ``aux`` is None without an aux output or with weight 0.
 
+    Each term is the mean cross-entropy over the labelled pixels (those not ``ignore_index``). A
+    batch without any labelled pixel (an all-void crop) gives a loss of 0 with zero gradients, not
+    the NaN of a mean over nothing: it carries no signal, but it is no divergence either, and its
+    backward keeps DDP's gradient all-reduce in step with the other ranks.
+
     Computed in float32 whatever the autocast type, so bf16 logits do not lose the loss's precision.
     """
-    main = F.cross_entropy(outputs["out"].float(), target, ignore_index=ignore_index)
+    labelled = (target != ignore_index).sum().clamp(min=1)  # stays on the device: no sync
+
+    def mean_ce(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum") / labelled
+
+    main = mean_ce(outputs["out"])
     if aux_weight > 0 and "aux" in outputs:
-        aux = F.cross_entropy(outputs["aux"].float(), target, ignore_index=ignore_index)
+        aux = mean_ce(outputs["aux"])
         return main + aux_weight * aux, main, aux
     return main, main, None

@@ -13,6 +13,7 @@ loading them. In deterministic CPU mode a killed-and-resumed run ends with bit-i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -34,10 +35,11 @@ from pspnet.engine.distributed import (
     cleanup_distributed,
     init_distributed,
     lost_peer_error,
+    same_on_every_rank,
 )
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
 from pspnet.engine.sampler import EpochStreamSampler
-from pspnet.engine.train_log import TrainLogger
+from pspnet.engine.train_log import METRICS_NAME, TrainLogger
 from pspnet.engine.train_setup import (
     build_model,
     open_train_datasets,
@@ -47,7 +49,7 @@ from pspnet.engine.train_setup import (
     set_train_mode,
     verify_or_refuse,
 )
-from pspnet.errors import InputError
+from pspnet.errors import DataError, InputError, PeerLostError, PSPNetError
 from pspnet.io.checkpoint import atomic_write, load_state_dict_into, save_model
 from pspnet.io.train_state import (
     BEST_NAME,
@@ -75,7 +77,8 @@ class TrainResult:
         model_path: the final weights (``OUT/model.safetensors``; loadable by predict/eval).
         best_miou: best validation mIoU (None without validation); best_path: its weights.
         history: the metrics.jsonl entries of this process's run (train and val lines).
-        images_per_s: training throughput over the whole run (all ranks).
+        images_per_s: training throughput over the whole run (all ranks), validation and
+            checkpoint writing excluded.
         iterations: optimizer steps in the schedule; skipped_steps: those skipped (non-finite).
         model: the trained network (unwrapped, on the training device).
     """
@@ -116,15 +119,24 @@ def _validate(
     model: nn.Module, val_dataset: Any, config: TrainConfig, keep_examples: int = 0
 ) -> tuple[dict[str, Any], list[Any]]:
     """Validation metrics with the configured protocol (``config.eval``), and the first
-    ``keep_examples`` predictions (for TensorBoard)."""
-    from pspnet.engine.evaluate import evaluate
+    ``keep_examples`` predictions (for TensorBoard).
+
+    The protocol is ``pspnet eval``'s, so that ``val_miou`` and ``best.safetensors`` agree with
+    what it reports later: the authors' datasets are resized to their base size at scale 1.0,
+    and the sliding window is the training crop (recorded in the model's dataset info).
+    """
+    from pspnet.engine.evaluate import evaluate, protocol_base_size
 
     model.eval()
+    model_info = getattr(model, "dataset_info", None)
+    slide = config.eval.mode == "slide" and model_info is not None
     with torch.no_grad():
         result = evaluate(
             model,
             val_dataset,
             mode=config.eval.mode,
+            crop_size=int(model_info.crop_size) if slide else None,
+            base_size=protocol_base_size(val_dataset),
             scales=tuple(config.eval.scales),
             flip=config.eval.flip,
             progress=False,
@@ -134,6 +146,40 @@ def _validate(
     m = result.metrics
     scores = {"val_miou": float(m.miou), "val_macc": float(m.macc), "val_allacc": float(m.allacc)}
     return scores, result.examples
+
+
+def _refuse_used_output(out: Path) -> None:
+    """Without --resume, an output folder that already holds a run (even one killed before its
+    first checkpoint) is refused: its metrics.jsonl and weights would mix with the new run's."""
+    used = [
+        name
+        for name in ("last", "checkpoints", METRICS_NAME, BEST_NAME, FINAL_MODEL_NAME)
+        if (out / name).exists()
+    ]
+    if used:
+        raise InputError(
+            f"{out} already holds a training run ({', '.join(used)}); pass --resume to continue it "
+            "or choose a new --out"
+        )
+
+
+def _diverged_message(iteration: int, out: Path) -> str:
+    """What to do when the weights became NaN/inf: advice that the resume check accepts."""
+    last = find_last_checkpoint(out)
+    if last is None:
+        way_out = (
+            "No checkpoint was written yet: rerun with --resume (which starts over when there is no "
+            "checkpoint) and a lower optim.base_lr"
+        )
+    else:
+        way_out = (
+            f"Rerun with --resume (it continues from {last}) and a lower optim.base_lr; if it diverges "
+            "again, that checkpoint is already damaged: start over in a new --out with the lower rate"
+        )
+    return (
+        f"iteration {iteration}: the weights hold NaN/inf (training diverged); not writing a checkpoint. "
+        f"{way_out}"
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -167,12 +213,19 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
+    started: list[bool] = []  # appended to when the first step begins
     try:
-        return _train(config, ctx, train_dataset, val_dataset)
+        return _train(config, ctx, train_dataset, val_dataset, started)
+    except PeerLostError:
+        raise
     except RuntimeError as exc:
         lost = lost_peer_error(exc, ctx.rank) if ctx.enabled else None
         if lost is not None:
             raise lost from exc
+        raise
+    except (PSPNetError, ValueError) as exc:
+        if ctx.enabled and not started:  # the checks before training: every rank made them alike
+            same_on_every_rank(exc)
         raise
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
@@ -180,12 +233,16 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
         cleanup_distributed()
 
 
-def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_dataset: Any) -> TrainResult:
+def _train(
+    config: TrainConfig, ctx: DistContext, train_dataset: Any, val_dataset: Any, started: list[bool]
+) -> TrainResult:
     device = resolve_device(config.device, ctx.local_rank)
     amp_dtype = resolve_amp(config.optim.amp, device)
     seed_everything(config.seed, config.deterministic)
     out = Path(config.output.dir)
     o = config.optim
+    if not config.resume:
+        _refuse_used_output(out)
 
     # --- data
     from pspnet.models.registry import get_preset
@@ -197,12 +254,23 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     from_config = train_dataset is None
     if from_config:
         train_dataset, config_val = open_train_datasets(config, preprocess)
-        val_dataset = val_dataset if val_dataset is not None else config_val
         if config.data.verify:
             verify_or_refuse(train_dataset, config.data.verify_max_files, ctx.rank)
+            if config_val is not None and val_dataset is None:  # a bad val file must not end the run
+                limits = [n for n in (config.data.verify_max_files, config.eval.limit) if n is not None]
+                verify_or_refuse(config_val, min(limits, default=None), ctx.rank, "validation")
+        val_dataset = val_dataset if val_dataset is not None else config_val
     if not config.eval.enabled:
         val_dataset = None
     info = train_dataset.info
+    ignore_index = int(info.ignore_index)
+    if config.data.ignore_index is not None and config.data.ignore_index != ignore_index:
+        raise InputError(
+            f"data.ignore_index={config.data.ignore_index} but the training dataset's ignore index is "
+            f"{ignore_index}; set data.ignore_index=null (or open the dataset with that ignore_index)"
+        )
+    if from_config:  # the crop it is trained at: the default window of `pspnet eval --mode slide`
+        info = dataclasses.replace(info, crop_size=config.data.crop_size)
 
     # --- model, optimizer, precision
     model = build_model(config, info, ctx.is_main)
@@ -217,8 +285,8 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     if micro < 2 and uses_bin1 and not config.model.freeze_bn:
         raise InputError(
             f"the micro-batch per step is {micro} image (batch_size {o.batch_size} / "
-            f"{ctx.world_size} ranks / "
-            f"accumulate {o.accumulate}); BatchNorm on the 1x1 pyramid bin needs >= 2: lower optim.accumulate"
+            f"{ctx.world_size} ranks / accumulate {o.accumulate}); BatchNorm on the 1x1 pyramid bin "
+            "needs >= 2: lower optim.accumulate or set model.freeze_bn=true"
         )
     model.to(device)
     if o.channels_last:
@@ -265,17 +333,13 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     best_miou: float | None = None
     skipped: list[int] = []
     fingerprint = config.fingerprint()
+    fingerprint["data"]["ignore_index"] = ignore_index  # the value in effect (null = the dataset's)
     last = find_last_checkpoint(out)
-    if last is not None and not config.resume:
-        raise InputError(
-            f"{out} already holds a training run (last checkpoint {last.name}); pass --resume to continue it "
-            "or choose another --out"
-        )
     rng_state = None
     if last is not None:
         tensors, state = load_checkpoint(last)
         saved = json.loads(state["fingerprint"])
-        diffs = _fingerprint_diff(saved, fingerprint)
+        diffs = [d for d in _fingerprint_diff(saved, fingerprint) if not d.startswith("optim.base_lr:")]
         if diffs:
             raise InputError(
                 f"cannot resume {last}: the config differs from the checkpoint's in {'; '.join(diffs[:6])}; "
@@ -290,8 +354,23 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         skipped = list(state.get("skipped", []))
         rng_state = state["rng"]
         logger.message(f"resumed from {last} at iteration {iteration} (epoch {epoch}, step {epoch_step})")
+        old_lr = saved.get("optim", {}).get("base_lr")
+        if old_lr is not None and old_lr != o.base_lr:
+            logger.message(
+                f"optim.base_lr changed from {old_lr} to {o.base_lr}: the poly schedule goes on from "
+                f"iteration {iteration} at the new rate (no longer bit-identical to an uninterrupted run)"
+            )
     elif config.resume:
         logger.message(f"--resume: no checkpoint in {out} yet; starting from scratch")
+    # What an interrupted run logged after its checkpoint is trained again: log it once.
+    kept = logger.truncate(iteration) if config.resume else []
+    # The final validation runs after the final checkpoint: its score is in the log, not the state.
+    logged = [float(e["val_miou"]) for e in kept if "val_miou" in e]
+    best_miou = max([*logged, *([best_miou] if best_miou is not None else [])], default=None)
+    if ctx.is_main and best_miou is None and (out / BEST_NAME).exists():
+        (out / BEST_NAME).unlink()  # from a validation after the checkpoint, which is redone
+    validated_at = max((int(e["iter"]) for e in kept if "val_miou" in e), default=None)
+    time_offset = max((float(e["time"]) for e in kept if "time" in e), default=0.0)
     config_yaml = config.to_yaml()
     if ctx.is_main:
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config_yaml, encoding="utf-8"))
@@ -316,6 +395,20 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
             bool(torch.isfinite(p).all()) for p in raw_model.state_dict().values() if p.is_floating_point()
         )
 
+    def validate(at: int, at_epoch: int) -> None:
+        nonlocal best_miou, validated_at
+        keep = config.output.tensorboard_images if logger.wants_images else 0
+        scores, examples = _validate(raw_model, val_dataset, config, keep)
+        set_train_mode(model, config.model.freeze_bn)
+        logger.log({"iter": at, "epoch": at_epoch, **scores})
+        logger.log_predictions(at, examples, val_dataset.info.palette)
+        logger.message(f"iteration {at}: val mIoU {100 * scores['val_miou']:.2f}")
+        validated_at = at
+        if best_miou is None or scores["val_miou"] > best_miou:
+            best_miou = scores["val_miou"]
+            if ctx.is_main:
+                save_model(raw_model, out / BEST_NAME, extra={"iteration": str(at)})
+
     # --- loop
     from tqdm import tqdm
 
@@ -333,21 +426,22 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
     set_train_mode(model, config.model.freeze_bn)
     images_per_step = micro * o.accumulate * ctx.world_size
     run_start = time.perf_counter()
-    window_start, window_losses, window_aux, window_steps = run_start, [], [], 0
-    run_steps = 0
+    window_start, window_losses, window_aux, window_total, window_steps = run_start, [], [], [], 0
+    run_steps, paused = 0, 0.0  # paused: validation and checkpoint time, not training throughput
     if epoch_step >= steps_per_epoch:  # resumed on another number of ranks: epochs got shorter
         epoch, epoch_step = epoch + 1, 0
     # One stream of batches for the whole run: the workers prefetch across epoch boundaries.
     sampler.start(epoch, epoch_step * o.accumulate * micro, steps_per_epoch * o.accumulate * micro)
     generator.manual_seed(config.seed * 1_000_003 + epoch)
     batches = iter(loader)
+    started.append(True)
     while iteration < max_iter:
         lr = poly_lr(o.base_lr, iteration, max_iter, o.power)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         saved_buffers = [b.detach().clone() for b in buffers]
         finite = True
-        step_loss, step_aux, indices = 0.0, 0.0, []
+        step_loss, step_aux, step_total, indices = 0.0, 0.0, 0.0, []
         for k in range(o.accumulate):
             batch = next(batches)
             images = batch["image"].to(device, non_blocking=True)
@@ -362,7 +456,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = model(images)
                 loss, main, aux = segmentation_loss(
-                    outputs, masks, aux_weight=o.aux_weight, ignore_index=config.data.ignore_index
+                    outputs, masks, aux_weight=o.aux_weight, ignore_index=ignore_index
                 )
                 value = float(loss.detach())
                 if math.isfinite(value):
@@ -372,6 +466,7 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
                     if ctx.enabled:  # a zero-gradient backward keeps DDP's all-reduce in step
                         sum((p * 0).sum() for p in raw_model.parameters() if p.requires_grad).backward()
             step_loss += float(main.detach()) / o.accumulate
+            step_total += value / o.accumulate
             step_aux += (float(aux.detach()) if aux is not None else 0.0) / o.accumulate
         if ctx.enabled:
             flag = torch.tensor([0.0 if finite else 1.0], device=device)
@@ -383,6 +478,8 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         else:
             for buf, old in zip(buffers, saved_buffers, strict=True):
                 buf.copy_(old)
+            if not all_finite():  # diverged: skipping would only repeat this until the next checkpoint
+                raise NonFiniteLossError(_diverged_message(iteration + 1, out))
             skipped.append(iteration)
             all_indices = indices
             if ctx.enabled:
@@ -411,54 +508,46 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
         if finite:
             window_losses.append(step_loss)
             window_aux.append(step_aux)
+            window_total.append(step_total)
         window_steps += 1
 
         if iteration % config.output.log_interval == 0 or iteration == max_iter:
             now = time.perf_counter()
-            loss_mean = sum(window_losses) / len(window_losses) if window_losses else float("nan")
-            aux_mean = sum(window_aux) / len(window_aux) if window_aux else float("nan")
-            loss_mean, aux_mean = all_reduce_mean([loss_mean, aux_mean], device)
+            means = [
+                sum(v) / len(v) if v else float("nan") for v in (window_losses, window_aux, window_total)
+            ]
+            loss_mean, aux_mean, total_mean = all_reduce_mean(means, device)
             speed = window_steps * images_per_step / max(now - window_start, 1e-9)
             entry = {
                 "iter": iteration,
                 "epoch": epoch,
                 "loss": loss_mean,
                 "aux_loss": aux_mean,
+                "total_loss": total_mean,
                 "lr": lr,
                 "images_per_s": speed,
-                "time": now - run_start,
+                "time": time_offset + now - run_start,
             }
             if device.type == "cuda":  # this rank's peak so far: what to size the batch by
                 entry["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             logger.log(entry)
             bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-            window_start, window_losses, window_aux, window_steps = now, [], [], 0
+            window_start, window_losses, window_aux, window_total, window_steps = now, [], [], [], 0
 
+        step_epoch = epoch  # the epoch this iteration belongs to (its log lines say so)
         if epoch_step >= steps_per_epoch:
             epoch, epoch_step = epoch + 1, 0
 
+        pause_start = time.perf_counter()
         interval = config.eval.interval
-        if val_dataset is not None and (
-            (interval > 0 and iteration % interval == 0) or iteration == max_iter
-        ):
-            keep = config.output.tensorboard_images if logger.wants_images else 0
-            scores, examples = _validate(raw_model, val_dataset, config, keep)
-            set_train_mode(model, config.model.freeze_bn)
-            logger.log({"iter": iteration, "epoch": epoch, **scores})
-            logger.log_predictions(iteration, examples, val_dataset.info.palette)
-            logger.message(f"iteration {iteration}: val mIoU {100 * scores['val_miou']:.2f}")
-            if best_miou is None or scores["val_miou"] > best_miou:
-                best_miou = scores["val_miou"]
-                if ctx.is_main:
-                    save_model(raw_model, out / BEST_NAME, extra={"iteration": str(iteration)})
+        # The final validation runs after the final checkpoint and model are written (below).
+        if val_dataset is not None and interval > 0 and iteration % interval == 0 and iteration < max_iter:
+            validate(iteration, step_epoch)
 
         ckpt = config.output.checkpoint_interval
         if (ckpt > 0 and iteration % ckpt == 0) or iteration == max_iter:
             if not all_finite():  # every rank holds the same weights, so every rank stops
-                raise NonFiniteLossError(
-                    f"iteration {iteration}: the weights hold NaN/inf; not writing a checkpoint. "
-                    f"Resume from the previous one ({out}/last) with a lower optim.base_lr"
-                )
+                raise NonFiniteLossError(_diverged_message(iteration, out))
             if ctx.is_main:
                 save_checkpoint(
                     out,
@@ -469,12 +558,24 @@ def _train(config: TrainConfig, ctx: DistContext, train_dataset: Any, val_datase
                     keep_last=config.output.keep_last,
                 )
             barrier(config.dist_timeout_s, f"checkpoint {iteration}")
+        pause = time.perf_counter() - pause_start
+        paused += pause
+        window_start += pause
     del batches
     bar.close()
-    elapsed = time.perf_counter() - run_start
+    elapsed = time.perf_counter() - run_start - paused
     final = out / FINAL_MODEL_NAME
     if ctx.is_main:
         save_model(raw_model, final, extra={"iteration": str(iteration)})
+    if val_dataset is not None and validated_at != max_iter:
+        # Also on a resume of a finished run whose final validation failed.
+        try:
+            validate(max_iter, epoch if epoch_step > 0 else max(epoch - 1, 0))
+        except DataError as exc:
+            raise DataError(
+                f"the final validation failed: {exc}; the trained weights are saved ({final}, "
+                f"{out}/last); fix the validation data and rerun with --resume to validate them"
+            ) from exc
     logger.close()
     barrier(config.dist_timeout_s, "the end of training")
     return TrainResult(

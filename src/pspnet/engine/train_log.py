@@ -12,11 +12,27 @@ from typing import Any
 import numpy as np
 
 from pspnet.errors import InputError
-from pspnet.io.checkpoint import storage_error
+from pspnet.io.checkpoint import atomic_write, storage_error
 
-__all__ = ["METRICS_NAME", "TrainLogger"]
+__all__ = ["METRICS_NAME", "TrainLogger", "read_metrics"]
 
 METRICS_NAME = "metrics.jsonl"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The entries of a ``metrics.jsonl`` (none when it does not exist). A last line cut short by
+    a kill is dropped: it was never a complete entry."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
 class TrainLogger:
@@ -36,6 +52,18 @@ class TrainLogger:
                     "(or set output.tensorboard=false)"
                 ) from exc
             self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def truncate(self, iteration: int) -> list[dict[str, Any]]:
+        """Keep only the entries up to ``iteration`` (the checkpoint a run resumes from) and return
+        them: the iterations an interrupted run logged after its last checkpoint are trained again
+        and logged again, and must not appear twice. Rewritten atomically; every rank gets the
+        kept entries (the file is on storage every resuming rank reads)."""
+        entries = read_metrics(self.path)
+        kept = [e for e in entries if int(e.get("iter", 0)) <= iteration]
+        if self.enabled and len(kept) != len(entries):
+            text = "".join(json.dumps(e) + "\n" for e in kept)
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return kept
 
     def log(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)

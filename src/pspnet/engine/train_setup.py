@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "open_train_datasets",
     "resolve_amp",
     "resolve_device",
+    "resolve_val_list",
     "seed_everything",
     "set_train_mode",
     "verify_or_refuse",
@@ -75,8 +77,13 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def open_train_datasets(config: TrainConfig, preprocess: Any) -> tuple[Any, Any | None]:
-    """Training and validation datasets from ``config.data``, with the authors' augmentation."""
-    from pspnet.data.datasets import open_dataset
+    """Training and validation datasets from ``config.data``, with the authors' augmentation.
+
+    The validation set is never the training images under another name: a list dataset's
+    ``val_split`` must name another list file, and a flat folder (no ``images/<val_split>/``)
+    is refused unless ``val_split`` is null.
+    """
+    from pspnet.data.datasets import detect_kind, open_dataset
     from pspnet.data.info import get_dataset_info
     from pspnet.data.transforms import train_transforms
 
@@ -90,43 +97,102 @@ def open_train_datasets(config: TrainConfig, preprocess: Any) -> tuple[Any, Any 
         except ValueError as exc:
             raise InputError(f"data.dataset: {exc}") from exc
     num_classes = config.model.num_classes if info is None and d.kind in ("folder", "list", "auto") else None
-    transform = train_transforms(
+    kind = detect_kind(d.root) if d.kind == "auto" else d.kind
+    validate = d.val_split is not None and config.eval.enabled
+
+    def open_split(root: str | Path, split: str) -> Any:
+        try:
+            return open_dataset(
+                root,
+                kind,
+                split,
+                info=info,
+                seed=config.seed,
+                num_classes=num_classes,
+                data_root=d.data_root,
+                mask_palette=d.mask_palette,
+                ignore_index=d.ignore_index,
+            )
+        except DataError as exc:
+            if kind == "list" and d.data_root is None and "but missing" in str(exc):
+                raise DataError(
+                    f"{exc}; relative paths in a list file are read from the list's folder: set "
+                    "data.data_root to the folder they are relative to (e.g. the dataset root)"
+                ) from exc
+            raise
+        except InputError as exc:
+            if num_classes is not None and "num_classes" in str(exc):
+                raise InputError(
+                    f"model.num_classes={num_classes} does not match the dataset: {exc}"
+                ) from exc
+            for key, value in (("mask_palette", d.mask_palette), ("ignore_index", d.ignore_index)):
+                if value is not None and key in str(exc) and type(exc) is InputError:
+                    raise InputError(f"data.{key}={value}: {exc}") from exc  # name the config key
+            raise
+
+    if validate and kind == "folder":
+        _refuse_flat_folder_validation(Path(d.root), d.val_split)
+    # A list file is its own split: data.root is the training list (train_split does not apply).
+    train_set = open_split(d.root, "train" if kind == "list" else d.train_split)
+    train_set.transform = train_transforms(
         d.crop_size,
         preprocess,
         scale=tuple(d.scale) if d.scale is not None else None,
         rotate=tuple(d.rotate) if d.rotate is not None else None,
         blur=d.blur,
         flip=d.flip,
-        ignore_index=d.ignore_index,
+        ignore_index=train_set.info.ignore_index,  # crop and rotation padding: never scored
     )
-
-    def open_split(split: str, transform: Any) -> Any:
-        try:
-            return open_dataset(
-                d.root,
-                d.kind,
-                split,
-                info=info,
-                transform=transform,
-                seed=config.seed,
-                num_classes=num_classes,
-            )
-        except InputError as exc:
-            if num_classes is not None and "num_classes" in str(exc):
-                raise InputError(
-                    f"model.num_classes={num_classes} does not match the dataset: {exc}"
-                ) from exc
-            raise
-
-    train_set = open_split(d.train_split, transform)
     val_set = None
-    if d.val_split is not None and config.eval.enabled:
-        val_set = open_split(d.val_split, None)
+    if validate:
+        if kind == "list":
+            val_set = open_split(resolve_val_list(Path(d.root), d.val_split), "train")
+        else:
+            val_set = open_split(d.root, d.val_split)
     return train_set, val_set
 
 
-def verify_or_refuse(dataset: Any, max_files: int | None, rank: int) -> None:
-    """Refuse, before any training, a dataset that ``pspnet verify-dataset`` would fail."""
+def resolve_val_list(train_list: Path, val_split: str) -> Path:
+    """The validation list file that ``data.val_split`` names for list data: an existing path
+    (as given, or relative to the training list's folder), or a bare name ``val`` meaning
+    ``<training list folder>/val.txt``.
+
+    Raises:
+        InputError: no such file, or it is the training list itself.
+    """
+    given = Path(val_split)
+    candidates = [given, train_list.parent / given]
+    if given.suffix == "" and len(given.parts) == 1:
+        candidates.append(train_list.parent / f"{val_split}.txt")
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        tried = ", ".join(dict.fromkeys(str(p) for p in candidates))
+        raise InputError(
+            f"data.val_split={val_split!r}: no validation list file ({tried} not found) for the list "
+            f"dataset {train_list}; set data.val_split to the val list path or null"
+        )
+    if found.resolve() == train_list.resolve():
+        raise InputError(
+            f"data.val_split={val_split!r} is the training list {train_list} itself: validation would "
+            "score the training images; set data.val_split to the val list path or null"
+        )
+    return found
+
+
+def _refuse_flat_folder_validation(root: Path, val_split: str) -> None:
+    """A flat folder (``images/`` without split folders) serves every split from the same files."""
+    if (root / "images").is_dir() and not (root / "images" / val_split).is_dir():
+        raise InputError(
+            f"data.val_split={val_split!r}: {root / 'images'} has no {val_split}/ folder (a flat folder "
+            "serves every split from the same images: validation would score the training images); set "
+            f"data.val_split=null, or split the data into images/{{train,{val_split}}}/ and "
+            f"masks/{{train,{val_split}}}/"
+        )
+
+
+def verify_or_refuse(dataset: Any, max_files: int | None, rank: int, what: str = "training") -> None:
+    """Refuse, before any training, a dataset that ``pspnet verify-dataset`` would fail (the
+    validation split too: a bad val mask found after the last iteration would end the run there)."""
     from pspnet.data.verify import verify_dataset
 
     report = verify_dataset(dataset, max_files=max_files, progress=False)
@@ -134,7 +200,7 @@ def verify_or_refuse(dataset: Any, max_files: int | None, rank: int) -> None:
         first = "; ".join(f"{path}: {message}" for path, message in report.problems[:3])
         more = f" (+{len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
         raise DataError(
-            f"dataset {getattr(dataset, 'root', '')} failed verification: {first}{more}; "
+            f"{what} dataset {getattr(dataset, 'root', '')} failed verification: {first}{more}; "
             "run `pspnet verify-dataset` for the full report, fix the files, or set data.verify=false"
         )
 

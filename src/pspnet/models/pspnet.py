@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pspnet.data.info import DatasetInfo
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
+from pspnet.errors import InputError
 from pspnet.models.decoder import DECODER_TYPES, RefineDecoder
 from pspnet.models.ops import resize_bilinear
 from pspnet.models.ppm import POOLING_TYPES, PyramidPooling
@@ -71,27 +74,28 @@ class PSPNetConfig:
     stride_in_1x1: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self)
         # Normalise list inputs (from YAML/JSON) to tuples so configs compare and hash.
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
-        if int(self.num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.num_classes < 2:
+            raise InputError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.depth not in RESNET_SPECS:
-            raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {self.depth}")
+            raise InputError(f"depth must be one of {sorted(RESNET_SPECS)}, got {self.depth}")
         stage_dilations(self.output_stride)  # validates output_stride
         if self.stem not in STEM_TYPES:
-            raise ValueError(f"stem must be one of {STEM_TYPES}, got {self.stem!r}")
+            raise InputError(f"stem must be one of {STEM_TYPES}, got {self.stem!r}")
         if self.pooling not in POOLING_TYPES:
-            raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {self.pooling!r}")
+            raise InputError(f"pooling must be one of {POOLING_TYPES}, got {self.pooling!r}")
         if self.size_rule not in SIZE_RULES:
-            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {self.size_rule!r}")
+            raise InputError(f"size_rule must be one of {SIZE_RULES}, got {self.size_rule!r}")
         if self.decoder not in DECODER_TYPES:
-            raise ValueError(f"decoder must be one of {DECODER_TYPES}, got {self.decoder!r}")
+            raise InputError(f"decoder must be one of {DECODER_TYPES}, got {self.decoder!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("stem_width", "head_channels", "aux_channels"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,6 +113,57 @@ class PSPNetConfig:
 
     def replace(self, **changes: Any) -> PSPNetConfig:
         return replace(self, **changes)
+
+
+def _check_types(config: PSPNetConfig) -> None:
+    """Refuse wrongly typed fields by name (``num_classes="21"`` would otherwise fail deep inside
+    a convolution's constructor with a message about string formatting); NumPy numbers become
+    Python ones (the config is saved as JSON)."""
+    for name, kind in _FIELD_TYPES.items():
+        value = getattr(config, name)
+        what = type(value).__name__
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{name} must be an integer, got {value!r} ({what})")
+            object.__setattr__(config, name, int(value))
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"{name} must be a number, got {value!r} ({what})")
+            object.__setattr__(config, name, float(value))
+        elif kind is bool and not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r} ({what})")
+        elif kind is str and not isinstance(value, str):
+            raise InputError(f"{name} must be a string, got {value!r} ({what})")
+        elif kind is tuple and (
+            isinstance(value, (str, bytes))
+            or not isinstance(value, (tuple, list))
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value)
+        ):
+            raise InputError(f"{name} must be a sequence of integers, got {value!r} ({what})")
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "num_classes": int,
+    "depth": int,
+    "output_stride": int,
+    "stem": str,
+    "stem_width": int,
+    "widths": tuple,
+    "use_ppm": bool,
+    "bins": tuple,
+    "pooling": str,
+    "reduction": bool,
+    "head_channels": int,
+    "aux": bool,
+    "aux_channels": int,
+    "dropout": float,
+    "align_corners": bool,
+    "size_rule": str,
+    "decoder": str,
+    "avg_down": bool,
+    "contract_dilation": bool,
+    "stride_in_1x1": bool,
+}
 
 
 class SegmentationHead(nn.Sequential):
@@ -135,6 +190,12 @@ class PSPNet(nn.Module):
 
     def __init__(self, config: PSPNetConfig | None = None, **overrides: Any) -> None:
         super().__init__()
+        if config is not None and not isinstance(config, PSPNetConfig):
+            raise InputError(
+                f"PSPNet(config) takes a PSPNetConfig, got {type(config).__name__}; write "
+                "PSPNet(PSPNetConfig(num_classes=3)), PSPNet(num_classes=3), or "
+                "PSPNetConfig.from_dict(mapping) for a dict"
+            )
         config = config or PSPNetConfig()
         if overrides:
             config = config.replace(**overrides)
@@ -200,12 +261,22 @@ class PSPNet(nn.Module):
                 f"size_rule='authors' needs (H-1) and (W-1) divisible by 8, got {height}x{width}; "
                 f"pad to {fix_h}x{fix_w} or use size_rule='any'"
             )
-        if self.training and x.shape[0] == 1 and self.ppm is not None and 1 in self.ppm.bins:
+        if x.shape[0] == 1 and self._bin1_norm_trains():
             raise ValueError(
                 "training with batch size 1 is impossible with the 1x1 pyramid bin: its BatchNorm sees "
                 "one value per channel. Use a batch of at least 2 (gradient accumulation keeps the "
-                "effective batch), or call model.eval() for inference"
+                "effective batch), freeze the BatchNorms (eval mode, model.freeze_bn in a training "
+                "config), or call model.eval() for inference"
             )
+
+    def _bin1_norm_trains(self) -> bool:
+        """Whether the 1x1 bin's BatchNorm uses batch statistics (it cannot on a single image).
+        Its own mode decides, not the model's: frozen BatchNorms (eval mode inside a training
+        model) use running statistics and take a batch of 1."""
+        if self.ppm is None or 1 not in self.ppm.bins:
+            return False
+        branch = self.ppm.branches[self.ppm.bins.index(1)]
+        return any(m.training for m in branch.modules() if isinstance(m, _BatchNorm))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         self.check_input(x)
