@@ -208,15 +208,9 @@ def _context_iou(metrics: SegmentationMetrics) -> float:
     return float(np.mean([metrics.iou[i] for i in ids]))
 
 
-def _predict(model: nn.Module, image: np.ndarray, mode: Mode, base_size: int) -> torch.Tensor:
-    return predict_probs(
-        model,
-        image,
-        scales=(mode.scale,),
-        # the scale multiplies the image's own long side, whatever the model's recorded base size
-        base_size=None if mode.scale == 1.0 else base_size,
-        flip=mode.flip,
-    )
+def _predict(model: nn.Module, image: np.ndarray, mode: Mode) -> torch.Tensor:
+    # no base_size: the scale multiplies the image's own long side
+    return predict_probs(model, image, scales=(mode.scale,), flip=mode.flip)
 
 
 def _score(
@@ -329,7 +323,7 @@ def _demo_modes(
     for mode in MODES:
         net = variants[mode.output_stride]
         scored[mode.name] = _score(
-            lambda image, net=net, mode=mode: _predict(net, image, mode, settings.size),
+            lambda image, net=net, mode=mode: _predict(net, image, mode),
             images,
             masks,
             f"score {mode.name}" if settings.progress else None,
@@ -338,7 +332,7 @@ def _demo_modes(
 
     def timed(mode: Mode) -> Callable[[], None]:
         net = variants[mode.output_stride]
-        return lambda: [_predict(net, image, mode, settings.size) for image in subset]
+        return lambda: [_predict(net, image, mode) for image in subset]
 
     seconds = _interleaved_seconds({mode.name: timed(mode) for mode in MODES}, settings.rounds)
     baseline_preds = scored[BASELINE][1]
@@ -375,8 +369,7 @@ def _large_modes(settings: CpuModesSettings) -> tuple[list[LargeModeRow], float]
     size = settings.large_size
     image = np.random.default_rng(settings.seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     runs = {
-        mode.name: (lambda mode=mode: _predict(variants[mode.output_stride], image, mode, size))
-        for mode in MODES
+        mode.name: (lambda mode=mode: _predict(variants[mode.output_stride], image, mode)) for mode in MODES
     }
     # The matmul peak is timed inside the same rounds: on a shared machine a peak taken at a quiet
     # moment and a model timed at a busy one would make a meaningless percentage.
@@ -427,7 +420,7 @@ def _int8(
     scored = {}
     for name, net in runners.items():
         scored[name] = _score(
-            lambda image, net=net: _predict(net, image, baseline, settings.size),
+            lambda image, net=net: _predict(net, image, baseline),
             images,
             masks,
             f"score {name}" if settings.progress else None,
@@ -435,7 +428,7 @@ def _int8(
     subset = images[: settings.speed_images]
     seconds = _interleaved_seconds(
         {
-            name: (lambda net=net: [_predict(net, image, baseline, settings.size) for image in subset])
+            name: (lambda net=net: [_predict(net, image, baseline) for image in subset])
             for name, net in runners.items()
         },
         settings.rounds,

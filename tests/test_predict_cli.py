@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -251,3 +252,72 @@ def test_predict_command_refuses_amp_on_cpu(
     assert main([*argv, "--device", "cpu", "--amp", "bf16"]) == 2
     assert "--amp bf16 needs a CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_command_refuses_an_out_that_overwrites_its_inputs(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "photos"
+    _write_png(photos / "photo.png", _image(30, 40, 21))
+    _write_png(photos / "b.png", _image(30, 40, 22))
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    argv = ["predict", "--model", str(model_path), "--no-progress"]
+    assert main([*argv, str(photos), "--out", str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the input" in err and "choose another --out" in err and err.count("\n") == 1
+    monkeypatch.chdir(photos)  # `--out .` from inside the folder, one file given by name
+    assert main([*argv, "photo.png", "--out", "."]) == 2
+    assert "photo.png with its own prediction" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # the same folder spelled another way
+    assert main([*argv, "photos/b.png", "--out", "photos/../photos"]) == 2
+    # an input named like another input's overlay would be overwritten by that overlay
+    shutil.copy(photos / "b.png", tmp_path / "b_overlay.jpg")
+    assert main([*argv, str(photos / "b.png"), str(tmp_path / "b_overlay.jpg"), "--out", str(tmp_path)]) == 2
+    assert "prediction of" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before  # nothing was written
+
+
+def test_predict_command_checks_options_once_before_loading_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model file does not exist: each error can only come from the upfront check, once."""
+    _write_png(tmp_path / "in" / "a.png", _image(20, 20, 23))
+    _write_png(tmp_path / "in" / "b.png", _image(20, 20, 24))
+    (tmp_path / "afile").write_text("")
+    base = [
+        "predict",
+        str(tmp_path / "in"),
+        "--model",
+        str(tmp_path / "missing.safetensors"),
+        "--no-progress",
+    ]
+    out = ["--out", str(tmp_path / "o")]
+    cases = [
+        ([*out, "--scales", "0"], "--scales must be positive numbers, got 0"),
+        ([*out, "--base-size", "-3"], "--base-size must be >= 1 pixel, got -3"),
+        ([*out, "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        ([*out, "--mode", "slide", "--crop-size", "-3"], "--crop-size must be >= 1 pixel, got -3"),
+        ([*out, "--alpha", "2"], "--alpha must be in [0, 1], got 2.0"),
+        ([*out, "--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--out", str(tmp_path / "afile")], "--out " + str(tmp_path / "afile")),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([*out, "--device", "cuda"], "--device cuda requested but no CUDA device is available"))
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_command_does_not_claim_to_write_when_every_input_fails(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "o"
+    argv = ["predict", str(tmp_path / "in"), "--model", str(model_path), "--out", str(out), "--no-progress"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out and "no prediction written: all 1 input(s) failed" in captured.err
+    assert not out.exists()

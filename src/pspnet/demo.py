@@ -21,6 +21,7 @@ from pspnet.data.info import CONTEXT_DEMO
 from pspnet.data.synthetic import ensure_demo_data
 from pspnet.data.transforms import train_transforms
 from pspnet.demo_report import ModelRun, write_report
+from pspnet.errors import InputError
 from pspnet.models.pspnet import PSPNet
 from pspnet.models.registry import attach_metadata, create_model
 
@@ -120,6 +121,8 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> Path:
     from pspnet.engine.evaluate import evaluate
     from pspnet.io.checkpoint import save_model
 
+    if settings.threads is not None and settings.threads < 1:
+        raise InputError(f"threads must be >= 1 (or None: all cores), got {settings.threads}")
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -220,13 +220,13 @@ def test_cache_is_reused_only_when_it_matches(tmp_path: Path, monkeypatch: pytes
     root = ensure_demo_data(tmp_path, 3, **kwargs)
     assert (root / "dataset.json").is_file()
     generated = []
-    real = synthetic.make_demo_data
+    real = synthetic._generate
 
     def counting(*args: object, **kw: object) -> Path:
         generated.append(kw.get("seed"))
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(synthetic, "make_demo_data", counting)
+    monkeypatch.setattr(synthetic, "_generate", counting)
     assert ensure_demo_data(tmp_path, 3, **kwargs) == root
     assert generated == []  # valid cache: nothing regenerated
 
@@ -254,3 +254,52 @@ def test_cli_writes_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert json.loads((out / "dataset.json").read_text())["seed"] == 2
     assert main(["make-demo-data", str(tmp_path / "bad"), "--num-train", "0", "--no-progress"]) == 2
     assert "num_train" in capsys.readouterr().err
+
+
+def test_an_existing_folder_is_replaced_only_if_generated_or_empty(tmp_path: Path) -> None:
+    kwargs = {"num_train": 2, "num_val": 1, "size": 32, "workers": 0, "progress": False}
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "precious.txt").write_text("precious")
+    with pytest.raises(InputError, match="victim exists and is not a generated demo dataset"):
+        make_demo_data(victim, **kwargs)
+    assert (victim / "precious.txt").read_text() == "precious" and (victim / "sub").is_dir()
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt", "sub"]  # nothing left behind
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    with pytest.raises(InputError, match="afile is a file"):
+        make_demo_data(afile, **kwargs)
+    assert afile.read_text() == "keep"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    make_demo_data(empty, seed=0, **kwargs)
+    (empty / "notes.md").write_text("mine")  # a file the user added beside a generated benchmark
+    make_demo_data(empty, seed=1, **kwargs)  # a generated benchmark is replaced ...
+    assert json.loads((empty / "dataset.json").read_text())["seed"] == 1
+    assert (empty / "notes.md").read_text() == "mine"  # ... and the user's other files are kept
+    assert sorted(p.name for p in empty.iterdir()) == ["dataset.json", "images", "masks", "notes.md"]
+    fresh = make_demo_data(tmp_path / "fresh", seed=1, **kwargs)
+    assert _digest(empty) == _digest(fresh)  # the replacement is the full dataset, nothing stale
+
+
+def test_cli_refuses_a_foreign_folder_and_writes_into_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--num-train", "2", "--num-val", "1", "--size", "32", "--workers", "0", "--no-progress"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("x")
+    assert main(["make-demo-data", str(tmp_path / "data"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a generated demo dataset" in err
+    assert (tmp_path / "data" / "keep.txt").read_text() == "x"
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # `pspnet make-demo-data .` in an empty folder, then again over it
+    assert main(["make-demo-data", ".", *argv]) == 0
+    assert main(["make-demo-data", ".", "--seed", "3", *argv]) == 0
+    assert json.loads((here / "dataset.json").read_text())["seed"] == 3
+    assert sorted(p.name for p in here.iterdir()) == ["dataset.json", "images", "masks"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "here"]  # no temporary folder left

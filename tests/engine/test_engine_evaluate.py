@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 from pspnet import create_model
 from pspnet.data.info import DatasetInfo, default_palette
-from pspnet.engine.evaluate import EvalResult, evaluate
+from pspnet.engine.evaluate import EvalResult, evaluate, protocol_base_size
 from pspnet.engine.inference import predict_probs
 from pspnet.errors import DataError, InputError
 
@@ -85,11 +86,31 @@ def test_settings_are_passed_to_the_inference(model: torch.nn.Module) -> None:
     assert result.settings["mode"] == "slide" and result.settings["scales"] == [0.75, 1.0]
 
 
-def test_slide_crop_falls_back_to_the_dataset_crop(model: torch.nn.Module) -> None:
+def test_slide_crop_falls_back_to_the_authors_dataset_crop_only(model: torch.nn.Module) -> None:
     dataset = FakeDataset([(40, 52)], seed=2)
+    dataset.kind = "cityscapes"  # the authors' layouts carry a real crop size
     result = evaluate(model, dataset, mode="slide", progress=False)
     assert result.settings["crop_size"] == 33
     assert np.array_equal(result.confusion, _manual_confusion(model, dataset, mode="slide", crop_size=33))
+    dataset.kind = "folder"  # a folder dataset's crop is a placeholder: no silent guess
+    with pytest.raises(InputError, match="needs a crop size"):
+        evaluate(model, dataset, mode="slide", progress=False)
+
+
+def test_protocol_base_size_follows_the_layout_not_the_name() -> None:
+    dataset = FakeDataset([(20, 20)])
+    dataset.info = dataclasses.replace(dataset.info, name="cityscapes")
+    for kind, expected in (
+        ("cityscapes", 64),
+        ("ade20k", 64),
+        ("voc2012", 64),
+        ("folder", None),
+        ("list", None),
+    ):
+        dataset.kind = kind
+        assert protocol_base_size(dataset) == expected
+    del dataset.kind  # a hand-made dataset: its own size
+    assert protocol_base_size(dataset) is None
 
 
 def test_unlabelled_images_are_skipped_and_limit_stops_early(model: torch.nn.Module) -> None:
@@ -261,3 +282,151 @@ def test_eval_command_on_a_folder_dataset(tmp_path: Path, capsys: pytest.Capture
     assert "boundary" in json.loads((out / "metrics.json").read_text())
     assert main([*argv, "--device", "cpu", "--no-progress", "--amp", "bf16"]) == 2  # autocast: CUDA only
     assert "--amp bf16 needs a CUDA device" in capsys.readouterr().err
+
+
+def _write_pairs(root: Path, masks: dict[str, np.ndarray], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for stem, mask in masks.items():
+        h, w = mask.shape
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
+
+
+def _confusion_from_predict(
+    model_path: Path, root: Path, masks: dict[str, np.ndarray], ignore: int
+) -> np.ndarray:
+    from pspnet.io.checkpoint import load_model
+    from pspnet.prediction import predict
+
+    net = load_model(model_path)
+    conf = np.zeros((4, 4), dtype=np.int64)
+    for stem, mask in masks.items():
+        labels = predict(net, root / "images" / f"{stem}.png").labels
+        keep = mask != ignore
+        np.add.at(conf, (mask[keep].astype(np.int64), labels[keep].astype(np.int64)), 1)
+    return conf
+
+
+def test_eval_command_folder_name_list_file_and_ignore_index(tmp_path: Path) -> None:
+    """A folder named like an authors' dataset is still scored at its own size; a list file needs
+    no --split; --ignore-index changes which pixels are scored."""
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = create_model("pspnet_tiny", num_classes=4).eval()
+    model.dataset_info = DatasetInfo("m", NAMES, default_palette(4), crop_size=33, base_size=512)
+    model_path = save_model(model, tmp_path / "m.safetensors")
+    rng = np.random.default_rng(3)
+    masks = {
+        s: rng.integers(0, 4, (h, w)).astype(np.uint8) for s, (h, w) in {"a": (30, 41), "b": (27, 20)}.items()
+    }
+    for mask in masks.values():
+        mask[:2] = 255
+    root = tmp_path / "ade20k"  # the name of an authors' dataset, the layout of a folder dataset
+    _write_pairs(root, masks, seed=4)
+    expected = _confusion_from_predict(model_path, root, masks, ignore=255)  # own size, no base_size
+    out = tmp_path / "report"
+    base = ["eval", "--model", str(model_path), "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main([*base, "--data", str(root)]) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert np.array_equal(np.array(data["confusion"]), expected) and data["settings"]["base_size"] is None
+
+    (root / "val.txt").write_text("".join(f"images/{s}.png masks/{s}.png\n" for s in masks))
+    assert main([*base, "--data", str(root / "val.txt"), "--kind", "list"]) == 0
+    assert np.array_equal(np.array(json.loads((out / "metrics.json").read_text())["confusion"]), expected)
+
+    void0 = {s: np.where(m == 255, 0, m).astype(np.uint8) for s, m in masks.items()}
+    _write_pairs(tmp_path / "void0", void0, seed=4)
+    assert main([*base, "--data", str(tmp_path / "void0"), "--ignore-index", "0"]) == 0
+    got = np.array(json.loads((out / "metrics.json").read_text())["confusion"])
+    assert got[0].sum() == 0 and np.array_equal(
+        got, _confusion_from_predict(model_path, tmp_path / "void0", void0, 0)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scales": (-1.0,)}, "scales must be positive"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"base_size": 0}, "base_size must be >= 1"),
+        ({"mode": "slide", "crop_size": -5}, "crop_size must be >= 1"),
+        ({"mode": "slide", "crop_size": 0}, "crop_size must be >= 1"),  # 0 is not "the default"
+        ({"amp_dtype": torch.bfloat16}, r"amp_dtype=torch.bfloat16 needs a CUDA device"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_image_as_settings(
+    model: torch.nn.Module, kwargs: dict, match: str
+) -> None:
+    dataset = FakeDataset([(20, 20), (24, 24)], seed=8)
+    with pytest.raises(InputError, match=f"^{match}") as info:
+        evaluate(model, dataset, progress=False, **kwargs)
+    assert not isinstance(info.value, DataError)  # not blamed on a sample
+    assert "sample" not in str(info.value) and "pads small images" not in str(info.value)
+    assert dataset.loaded == []  # refused before the first image was read
+
+
+def test_eval_command_checks_options_before_loading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model path does not exist: each error below can only come from the upfront check."""
+    from pspnet.cli import main
+
+    (tmp_path / "afile").write_text("")
+    base = [
+        "eval",
+        "--model",
+        str(tmp_path / "missing.safetensors"),
+        "--data",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    cases = [
+        (["--scales", "-1"], "--scales must be positive numbers, got -1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--base-size", "-3"], "--base-size must be >= 1 pixel, got -3"),
+        (["--mode", "slide", "--crop-size", "-5"], "--crop-size must be >= 1 pixel, got -5"),
+        (["--crop-size", "0"], "--crop-size must be >= 1 pixel, got 0"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--out", str(tmp_path / "afile")], "afile is a file, not a folder"),
+        (["--out", str(tmp_path / "afile" / "sub")], "afile is a file, not a folder"),
+        (["--data-root", str(tmp_path)], "--data-root is only for list files"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda requested but no CUDA device is available"))
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+
+
+def test_eval_command_reads_a_list_file_against_data_root(tmp_path: Path) -> None:
+    """The authors keep list files apart from the data: --data-root says where the paths start."""
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model_path = save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "m.safetensors")
+    rng = np.random.default_rng(5)
+    masks = {
+        s: rng.integers(0, 4, (h, w)).astype(np.uint8) for s, (h, w) in {"a": (30, 41), "b": (22, 26)}.items()
+    }
+    data = tmp_path / "data"
+    _write_pairs(data, masks, seed=6)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    (lists / "val.txt").write_text("".join(f"images/{s}.png masks/{s}.png\n" for s in masks))
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_path), "--data", str(lists / "val.txt"), "--kind", "list"]
+    assert main([*argv, "--data-root", str(data), "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert np.array_equal(
+        np.array(result["confusion"]), _confusion_from_predict(model_path, data, masks, 255)
+    )
+    assert result["settings"]["data_root"] == str(data)
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 2  # without it the paths resolve nowhere

@@ -13,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pspnet import create_model
+from pspnet.data.info import DatasetInfo, default_palette
 from pspnet.engine.inference import predict_probs, scaled_size, sliding_windows
 from pspnet.errors import InputError
 
 ATOL = 2e-5
+NAMES = ("a", "b", "c", "d")
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +237,27 @@ def test_training_mode_is_restored_and_eval_mode_used(model: torch.nn.Module) ->
     assert torch.allclose(got, expected, atol=ATOL)
 
 
+def test_every_scale_is_relative_to_the_image_unless_a_base_size_is_given() -> None:
+    """One rule: the model's dataset base size (512 here) is never an implicit base, so
+    ``scales=(0.75,)`` runs 0.75x the image's own sides (not 0.75 x 512)."""
+    torch.manual_seed(0)
+    net = create_model("pspnet_tiny", num_classes=4).eval()
+    net.dataset_info = DatasetInfo("d", NAMES, default_palette(4), crop_size=33, base_size=512)
+    seen: list[tuple[int, int]] = []
+    handle = net.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        predict_probs(net, _image(36, 48), scales=(0.75,))
+        assert seen == [(27, 36)]
+        seen.clear()
+        predict_probs(net, _image(36, 48), scales=(0.5, 1.0))
+        assert seen == [(18, 24), (36, 48)]
+        seen.clear()
+        predict_probs(net, _image(36, 48), scales=(0.5,), base_size=64)
+        assert seen == [(24, 32)]
+    finally:
+        handle.remove()
+
+
 def test_slide_crop_defaults_to_the_models_dataset_info() -> None:
     torch.manual_seed(0)
     net = create_model("pspnet_tiny", num_classes=4).eval()
@@ -268,3 +291,21 @@ def test_autocast_is_refused_off_cuda(model: torch.nn.Module) -> None:
         predict_probs(model, _image(32, 32), amp_dtype=torch.bfloat16)
     with pytest.raises(InputError, match="amp_dtype must be"):
         predict_probs(model, _image(32, 32), amp_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("crop", [0, -3])
+def test_a_crop_size_below_one_is_an_error_not_the_default(model: torch.nn.Module, crop: int) -> None:
+    with pytest.raises(InputError, match=f"^crop_size must be >= 1 pixel, got {crop}$"):
+        predict_probs(model, _image(20, 20), mode="slide", crop_size=crop)
+
+
+def test_check_settings_names_the_command_line_options() -> None:
+    from pspnet.engine.inference import check_settings
+
+    assert check_settings(scales=[0.5, 1]) == (0.5, 1.0)
+    with pytest.raises(InputError, match=r"^--scales must be positive numbers, got 1 -0.5$"):
+        check_settings(scales=[1, -0.5], option_names=True)
+    with pytest.raises(InputError, match=r"^--base-size must be >= 1 pixel, got 0$"):
+        check_settings(base_size=0, option_names=True)
+    with pytest.raises(InputError, match="scales must be positive"):
+        check_settings(scales=[float("nan")])

@@ -12,7 +12,7 @@ Layout: :mod:`.measure` (timing, FLOPs, memory), :mod:`.variants` (inference var
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -75,6 +75,7 @@ def run_benchmark(
     loader_workers: int | None = None,
     json_path: str | os.PathLike[str] | None = None,
     model: nn.Module | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Measure the inference variants (and optionally training, loading, sliding window).
 
@@ -99,8 +100,13 @@ def run_benchmark(
         loader_workers: loader worker processes (default: min(4, CPU count)).
         json_path: write the report there as JSON.
         model: benchmark this model instead of building ``preset``.
+        progress: called with one line as each variant or workload starts and ends (``pspnet
+            bench`` prints them on stderr, so a run of several minutes is not silent).
     """
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device {device!r} is not a device; use cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but CUDA is not available; use --device cpu")
     unknown = [v for v in variants if v not in ALL_VARIANTS]
@@ -137,16 +143,24 @@ def run_benchmark(
         matmul_peak_gflops=peaks,
         notes=notes,
     )
+    say = progress or (lambda line: None)
     for size in sizes:
-        report.variants += bench_size(model, variants, device, size, batch, warmup, repeats, peaks, notes)
+        report.variants += bench_size(
+            model, variants, device, size, batch, warmup, repeats, peaks, notes, progress=progress
+        )
     if train:
+        say(f"training step {sizes[0][0]}x{sizes[0][1]}: running")
         report.train = bench_train(
             model, device, sizes[0], batch, warmup, repeats, compile_step=train_compile
         )
+        say(f"training step {sizes[0][0]}x{sizes[0][1]}: done")
     if loader:
         workers = loader_workers if loader_workers is not None else min(4, os.cpu_count() or 1)
+        say(f"data loader {sizes[0][0]}x{sizes[0][1]}: running")
         report.loader = bench_loader(report.num_classes, sizes[0], batch, workers, notes)
+        say(f"data loader {sizes[0][0]}x{sizes[0][1]}: done")
     if slide:
+        say("sliding window 1024x2048: running")
         cuda = device.type == "cuda"
         report.slide = bench_slide(
             model,
@@ -157,6 +171,7 @@ def run_benchmark(
             warmup=1 if cuda else 0,
             repeats=min(repeats, 3) if cuda else 1,
         )
+        say("sliding window 1024x2048: done")
     if json_path is not None:
         report.write_json(json_path)
     return report

@@ -181,8 +181,15 @@ def bench_size(
     repeats: int,
     peaks: dict[str, float],
     notes: list[str],
+    progress: Callable[[str], None] | None = None,
 ) -> list[VariantResult]:
-    """All variants at one size; eager first (the baseline) with OOM back-off on the batch."""
+    """All variants at one size; eager first (the baseline) with OOM back-off on the batch.
+
+    ``progress`` receives one line as each variant starts and one as it ends (a compiled variant
+    can take minutes before its first call returns, and a silent run looks hung).
+    """
+    say = progress or (lambda line: None)
+    shown = f"{size[0]}x{size[1]}"
     flops = count_flops(model, size, device)
     order = ["eager_fp32"] + [v for v in variants if v != "eager_fp32"]
     results: list[VariantResult] = []
@@ -196,6 +203,7 @@ def bench_size(
                     notes.append(reason)
                 continue
             current = batch
+            say(f"{name} {shown}: running ({warmup} warm-up + {repeats} timed calls)")
             while True:
                 try:
                     result, out = _bench_variant(
@@ -229,7 +237,12 @@ def bench_size(
                     result = None
                     break
             if result is None:
+                say(f"{name} {shown}: failed (see the notes)")
                 continue
+            say(
+                f"{name} {shown}: {result.latency_ms_median:.1f} ms median, "
+                f"{result.images_per_s:.2f} images/s"
+            )
             if name == "eager_fp32":
                 reference, eager_median = out, result.latency_ms_median / 1e3
             elif result.batch != batch:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from pspnet.commands._options import check_output_file, check_threads, resolve_device_argument
 
 NAME = "bench"
 HELP = "benchmark inference variants (and training, loading, sliding window) against eager fp32"
@@ -11,7 +14,8 @@ DESCRIPTION = (
     "Times each inference variant after warm-up and reports median latency with p10/p90, images/s, "
     "the speed-up over the eager fp32 model measured in the same run, FLOPs per image, achieved GFLOP/s "
     "as a fraction of a matmul peak measured in the same run, and peak memory. Random weights and "
-    "inputs: speed does not depend on them. On a shared CPU only same-run ratios are meaningful."
+    "inputs: speed does not depend on them. On a shared CPU only same-run ratios are meaningful. "
+    "One progress line per variant goes to stderr as it starts and ends (--no-progress hides them)."
 )
 
 
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=ALL_VARIANTS,
         default=list(DEFAULT_VARIANTS),
-        help="inference variants; eager_fp32 is always measured as the baseline",
+        help="inference variants; eager_fp32 is always measured as the baseline "
+        f"(default: {' '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (default 5)")
@@ -64,9 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="add the torch.compile variant (slow to start)"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads", type=int, default=None, help="torch CPU threads, >= 1 (default: torch's choice)"
     )
-    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the report as JSON to this file (default: none)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no per-variant progress lines on stderr")
+
+
+def _progress(line: str) -> None:
+    print(f"pspnet bench: {line}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
     from pspnet.bench import format_report, run_benchmark
 
-    if args.threads:
+    check_threads(args.threads)
+    device = resolve_device_argument(args.device)
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     variants = list(args.variants)
     if args.compile and "compile" not in variants:
@@ -84,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         sizes=args.size,
         batch=args.batch,
-        device=args.device,
+        device=device,
         variants=variants,
         warmup=args.warmup,
         repeats=args.repeats,
@@ -95,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         slide_flip=args.slide_flip,
         loader_workers=args.loader_workers,
         json_path=args.json,
+        progress=None if args.no_progress else _progress,
     )
     print(format_report(report))
     if args.json is not None:

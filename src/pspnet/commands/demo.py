@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pspnet.commands._options import check_output_dir, check_threads
 from pspnet.demo import DemoSettings, run_demo
+from pspnet.errors import InputError
 
 NAME = "demo"
 HELP = "train FCN and PSPNet on the built-in context benchmark and write a comparison report"
@@ -26,7 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=d.seed, help="data and training seed (default: %(default)s)"
     )
-    parser.add_argument("--iterations", type=int, default=d.iterations, help="training iterations per model")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=d.iterations,
+        help="training iterations per model (default: %(default)s)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="training batch (default: %(default)s)"
     )
@@ -42,18 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-val", type=int, default=d.num_val, help="validation images (default: %(default)s)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads, >= 1 (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     for name in ("iterations", "batch_size", "size", "num_train", "num_val"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.batch_size < 2:
-        raise ValueError("--batch-size must be >= 2 (BatchNorm on the 1x1 pyramid bin needs 2 samples)")
+        raise InputError("--batch-size must be >= 2 (BatchNorm on the 1x1 pyramid bin needs 2 samples)")
     if args.size < 32:
-        raise ValueError(f"--size must be >= 32 pixels, got {args.size}")
+        raise InputError(f"--size must be >= 32 pixels, got {args.size}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
+    if not args.lr > 0:  # `not >` also refuses NaN
+        raise InputError(f"--lr must be > 0, got {args.lr}")
+    check_threads(args.threads)
+    check_output_dir(args.out, "--out")
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
     settings = DemoSettings(
         out_dir=args.out,
         cache_dir=args.cache,

@@ -6,7 +6,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pspnet.commands._options import add_amp_argument, resolve_amp_argument
+from pspnet.commands._options import (
+    add_amp_argument,
+    check_inference_options,
+    check_output_dir,
+    resolve_amp_argument,
+    resolve_device_argument,
+)
 
 NAME = "eval"
 HELP = "evaluate a model (mIoU, mAcc, allAcc): whole image, sliding window, multi-scale + flip"
@@ -27,8 +33,6 @@ _OUTPUT_STRIDE_HELP = (
     "cost (docs/cpu_modes.md). Not for .onnx models, whose stride is fixed when exported"
 )
 
-_AUTHORS_DATASETS = ("voc2012", "cityscapes", "ade20k")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -41,14 +45,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", required=True, type=Path, help="dataset root (or list file for --kind list)"
     )
     parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="base folder of the relative paths in a list file (default: the list file's folder)",
+    )
+    parser.add_argument(
         "--kind", default="auto", help="auto | voc2012 | cityscapes | ade20k | folder | list (default auto)"
     )
-    parser.add_argument("--split", default="val", help="dataset split (default val)")
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="dataset split (default val; a list file is one split, so --kind list takes none)",
+    )
+    parser.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="label value not scored, for folder and list datasets "
+        "(default 255; the authors' layouts use 255)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole image at once, or sliding windows of --crop-size (default: whole)",
+    )
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument(
-        "--crop-size", type=int, default=None, help="sliding-window crop (default: training crop)"
+        "--crop-size",
+        type=int,
+        default=None,
+        help="sliding-window crop in pixels (default: the crop recorded in the model file, else the "
+        "authors' crop for their datasets)",
     )
     parser.add_argument(
         "--base-size", type=int, default=None, help="long side at scale 1.0 (default: see the description)"
@@ -57,9 +87,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--out", type=Path, default=None, help="write metrics.json and confusion.png here")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available); .onnx models: cpu, or cuda with "
+        "onnxruntime-gpu",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write metrics.json and confusion.png in this folder (default: none)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="evaluate only the first N images (default: all)"
+    )
     parser.add_argument(
         "--boundary",
         action="store_true",
@@ -70,19 +112,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from pspnet.data.datasets import open_dataset
-    from pspnet.engine.evaluate import evaluate
+    from pspnet.engine.evaluate import evaluate, protocol_base_size
+    from pspnet.errors import InputError
     from pspnet.io.checkpoint import open_model
     from pspnet.models.stride import at_output_stride
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Every option is checked before the model and the data are loaded (and long before the
+    # results are written), so a mistake costs nothing and is reported as the option's.
+    check_inference_options(args)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    device = resolve_device_argument(args.device, args.model)
     amp_dtype = resolve_amp_argument(args.amp, device)
+    is_list = args.kind == "list" or (args.kind == "auto" and args.data.is_file())
+    if args.data_root is not None and not is_list:
+        raise InputError(
+            f"--data-root is only for list files (--kind list) and {args.data} is not one; "
+            "leave --data-root out"
+        )
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     model = open_model(args.model, map_location=device)
     if args.output_stride is not None:
         model = at_output_stride(model, args.output_stride, args.model)
-    dataset = open_dataset(args.data, args.kind, args.split, num_classes=model.num_classes)
+    model.to(device)  # an .onnx model ignores map_location; moved, it runs on onnxruntime's CUDA provider
+    split = args.split or ("train" if is_list else "val")
+    dataset = open_dataset(
+        args.data,
+        args.kind,
+        split,
+        num_classes=model.num_classes,
+        ignore_index=args.ignore_index,
+        data_root=args.data_root,
+    )
     model_info = model.dataset_info
     generic = all(name == f"class_{i}" for i, name in enumerate(dataset.info.class_names))
     if generic and model_info is not None and model_info.num_classes == dataset.info.num_classes:
@@ -90,9 +153,7 @@ def run(args: argparse.Namespace) -> int:
         dataset.info = dataclasses.replace(
             model_info, ignore_index=dataset.info.ignore_index, name=dataset.info.name
         )
-    base_size = args.base_size
-    if base_size is None and dataset.info.name in _AUTHORS_DATASETS:
-        base_size = dataset.info.base_size
+    base_size = args.base_size if args.base_size is not None else protocol_base_size(dataset)
     result = evaluate(
         model,
         dataset,
@@ -109,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
     )
     result.settings["model"] = str(args.model)
     result.settings["data"] = str(args.data)
-    result.settings["split"] = args.split
+    if args.data_root is not None:
+        result.settings["data_root"] = str(args.data_root)
+    result.settings["split"] = None if is_list else split
     if amp_dtype is not None:
         result.settings["amp"] = args.amp
     if args.output_stride is not None:

@@ -10,14 +10,21 @@ NAME = "make-demo-data"
 HELP = "generate the synthetic context benchmark (boat vs car, pier vs sidewalk) used by `pspnet demo`"
 DESCRIPTION = (
     "Writes DIR/images/{train,val}/NNNNN.png, DIR/masks/{train,val}/NNNNN.png (single-channel label ids) and "
-    "DIR/dataset.json. Boats and cars (piers and sidewalks) look identical; which one an object is depends "
+    "DIR/dataset.json (the label space, read by `pspnet verify-dataset DIR` and any folder dataset). "
+    "Boats and cars (piers and sidewalks) look identical; which one an object is depends "
     "on whether water or road covers more of the image, so only global context decides. The same seed "
-    "always gives the same bytes."
+    "always gives the same bytes. DIR is replaced only if it holds an earlier generated benchmark (its "
+    "dataset.json) or is empty; other files in it are kept."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", type=Path, help="output folder (replaced if it exists)")
+    parser.add_argument(
+        "dir",
+        type=Path,
+        help="output folder: new, empty, or a benchmark written by make-demo-data before (replaced); "
+        "any other folder or file is refused",
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--num-train", type=int, default=2000, help="training images (default 2000)")
     parser.add_argument("--num-val", type=int, default=200, help="validation images (default 200)")

@@ -7,7 +7,13 @@ import glob
 import sys
 from pathlib import Path
 
-from pspnet.commands._options import add_amp_argument, resolve_amp_argument
+from pspnet.commands._options import (
+    add_amp_argument,
+    check_inference_options,
+    check_output_dir,
+    resolve_amp_argument,
+    resolve_device_argument,
+)
 
 NAME = "predict"
 HELP = "segment images: label PNGs (values = class ids), colour overlays, confidence maps"
@@ -16,7 +22,7 @@ DESCRIPTION = (
     "writes OUT/<stem>.png (palette PNG whose pixel values are the class ids; 16-bit grey above 256 "
     "classes), OUT/<stem>_overlay.jpg and, with --confidence, OUT/<stem>_confidence.png (max probability "
     "x 255), all at the input size. An unreadable input is reported on stderr and skipped; the exit "
-    "status is then 1."
+    "status is then 1. An --out that would overwrite one of the inputs is refused before any work."
 )
 
 _GLOB_CHARS = frozenset("*?[")
@@ -33,11 +39,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, type=Path, help="model file: .safetensors or .onnx (from pspnet export)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
-    parser.add_argument("--base-size", type=int, default=None, help="long side at scale 1.0 (multi-scale)")
     parser.add_argument(
-        "--crop-size", type=int, default=None, help="sliding-window crop (default: training crop)"
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole image at once, or sliding windows of --crop-size (default: whole)",
+    )
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
+    parser.add_argument(
+        "--base-size",
+        type=int,
+        default=None,
+        help=(
+            "long side at scale 1.0 (default: each image's own long side, at every scale); "
+            "the authors' protocol resizes to the dataset's base size (512 VOC/ADE20K, 2048 Cityscapes)"
+        ),
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="sliding-window crop in pixels (default: the crop recorded in the model file)",
     )
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
@@ -45,13 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
     )
     parser.add_argument(
-        "--overlay", action=argparse.BooleanOptionalAction, default=True, help="write <stem>_overlay.jpg"
+        "--overlay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write <stem>_overlay.jpg (default: on)",
     )
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)"
     )
     parser.add_argument("--confidence", action="store_true", help="also write <stem>_confidence.png")
-    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available); .onnx models: cpu, or cuda with "
+        "onnxruntime-gpu",
+    )
     add_amp_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -92,9 +122,36 @@ def _check_stems(files: list[Path]) -> None:
         seen[path.stem] = path
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def _output_names(stem: str, overlay: bool, confidence: bool) -> list[str]:
+    """The file names ``pspnet predict`` writes for an input with this stem."""
+    names = [f"{stem}.png"]
+    if overlay:
+        names.append(f"{stem}_overlay.jpg")
+    if confidence:
+        names.append(f"{stem}_confidence.png")
+    return names
 
+
+def _check_inputs_survive(files: list[Path], out: Path, overlay: bool, confidence: bool) -> None:
+    """Refuse an ``--out`` where an output would overwrite an input (e.g. ``--out`` = the input folder).
+
+    Paths are compared resolved, so ``.``, ``..`` and symbolic links cannot hide a collision.
+    """
+    from pspnet.errors import InputError
+
+    inputs = {path.resolve(): path for path in files}
+    for path in files:
+        for name in _output_names(path.stem, overlay, confidence):
+            target = (out / name).resolve()
+            if target in inputs:
+                whose = "its own prediction" if inputs[target] == path else f"the prediction of {path}"
+                raise InputError(
+                    f"--out {out} would overwrite the input {inputs[target]} with {whose}; "
+                    "choose another --out folder"
+                )
+
+
+def run(args: argparse.Namespace) -> int:
     from pspnet.data.info import default_palette
     from pspnet.errors import DataError, InputError
     from pspnet.io.checkpoint import open_model
@@ -108,11 +165,18 @@ def run(args: argparse.Namespace) -> int:
     for item in missing:
         print(f"pspnet predict: {item}: no such file, or no images in it; skipped", file=sys.stderr)
     _check_stems(files)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Options are checked once, before the model is loaded: not once per image.
+    check_inference_options(args)
+    if not 0 <= args.alpha <= 1:
+        raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+    device = resolve_device_argument(args.device, args.model)
     amp_dtype = resolve_amp_argument(args.amp, device)
+    check_output_dir(args.out, "--out")
+    _check_inputs_survive(files, args.out, args.overlay, args.confidence)
     model = open_model(args.model, map_location=device)
     if args.output_stride is not None:
         model = at_output_stride(model, args.output_stride, args.model)
+    model.to(device)  # an .onnx model ignores map_location; moved, it runs on onnxruntime's CUDA provider
     info = model.dataset_info
     palette = info.palette if info is not None else default_palette(model.num_classes)
     if args.mode == "slide" and args.crop_size is None and info is None:
@@ -167,5 +231,8 @@ def run(args: argparse.Namespace) -> int:
                 item.unlink(missing_ok=True)
             raise
         done += 1
-    print(f"wrote {done} prediction(s) to {args.out}" + (f"; {failed} input(s) failed" if failed else ""))
+    if done:
+        print(f"wrote {done} prediction(s) to {args.out}" + (f"; {failed} input(s) failed" if failed else ""))
+    else:  # nothing was written, and --out may not even exist: say so rather than "wrote 0"
+        print(f"no prediction written: all {failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -85,6 +85,7 @@ _HULL, _BAND = 250, 251
 _SPLITS = ("train", "val")
 _METADATA = "dataset.json"
 _FORMAT = "pspnet-context-demo"
+_TMP_PREFIX = ".pspnet-demo-"  # temporary folders of an unfinished generation (ignored when checking)
 
 
 # --- layout: every random choice of one image, before any pixel is drawn --------------------
@@ -456,32 +457,76 @@ def make_demo_data(
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Generate the context benchmark under ``root`` (replacing what is there) and return ``root``.
+    """Generate the context benchmark under ``root`` and return ``root``.
+
+    ``root`` must be absent, an empty folder, or a benchmark generated earlier (its
+    ``dataset.json`` says so), which is replaced; anything else is refused before any work, so a
+    mistyped path never deletes the user's files.
 
     Layout (the generic folder format): ``images/{train,val}/NNNNN.png`` (RGB),
     ``masks/{train,val}/NNNNN.png`` (single-channel label ids), and ``dataset.json`` with the
     :class:`DatasetInfo` fields at top level plus the generation request (seed, sizes, generator
     version) so that :func:`ensure_demo_data` can tell whether a cache still matches.
 
-    Generation happens in a temporary sibling folder renamed onto ``root`` only when complete, so
-    an interrupted run never leaves a dataset that looks valid.
+    Generation happens in a temporary folder moved into place only when complete, and
+    ``dataset.json`` is moved last, so an interrupted run never leaves a dataset that looks valid.
 
     Args:
-        root: output folder; an existing dataset there is replaced.
+        root: output folder: absent, empty, or an earlier generated benchmark (replaced).
         seed: base seed; image ``i`` of split ``s`` uses ``default_rng([seed, s, i])``.
         num_train: training images (>= 1).
         num_val: validation images (>= 1).
         size: square image side in pixels (>= 32).
         workers: processes; ``None`` uses up to 4 of the available cores, 0 or 1 runs inline.
         progress: show a tqdm progress bar.
+
+    Raises:
+        InputError: bad counts or size; ``root`` is a file, or a folder holding anything but a
+            generated benchmark.
     """
+    _check_replaceable(Path(root))
+    return _generate(
+        Path(root),
+        seed=seed,
+        num_train=num_train,
+        num_val=num_val,
+        size=size,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def _check_replaceable(root: Path) -> None:
+    """Refuse to replace anything but an empty folder or a benchmark generated earlier."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise InputError(f"{root} is a file, not a folder; choose another output folder for the demo data")
+    metadata = read_demo_metadata(root)
+    if metadata is not None and metadata.get("format") == _FORMAT:
+        return
+    if any(not entry.name.startswith(_TMP_PREFIX) for entry in root.iterdir()):
+        raise InputError(
+            f"{root} exists and is not a generated demo dataset (no {_METADATA} from make-demo-data); "
+            "remove it or choose another (new or empty) folder"
+        )
+
+
+def _generate(
+    root: Path, *, seed: int, num_train: int, num_val: int, size: int, workers: int | None, progress: bool
+) -> Path:
     if num_train < 1 or num_val < 1:
         raise InputError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
     if size < 32:
         raise InputError(f"size must be >= 32 px, got {size}")
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file, not a folder; remove it or choose another folder")
+    in_place = root.is_dir()
+    if not in_place:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    # Inside an existing root the temporary folder sits on the same file system and in a folder we
+    # may write to; the root itself is never renamed (it may be the working directory, ".").
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=root if in_place else root.parent))
     try:
         for kind in ("images", "masks"):
             for split in _SPLITS:
@@ -509,17 +554,29 @@ def make_demo_data(
         metadata = {**CONTEXT_DEMO.to_dict(), **_request(seed, num_train, num_val, size)}
         metadata["crop_size"] = metadata["base_size"] = int(size)
         (tmp / _METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-            os.replace(root, old / "data")
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
+        if in_place:
+            _move_into(tmp, root)
         else:
             os.replace(tmp, root)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
+
+
+def _move_into(tmp: Path, root: Path) -> None:
+    """Swap the generated entries into ``root``; other entries there are left alone.
+
+    The old ``dataset.json`` goes first and the new one comes last, so a folder caught half-way
+    never passes for a complete benchmark (:func:`ensure_demo_data` then regenerates it).
+    """
+    old = tmp / "old"
+    old.mkdir()
+    (root / _METADATA).unlink(missing_ok=True)
+    for name in ("images", "masks"):
+        if (root / name).exists() or (root / name).is_symlink():
+            os.replace(root / name, old / name)
+        os.replace(tmp / name, root / name)
+    os.replace(tmp / _METADATA, root / _METADATA)
 
 
 def read_demo_metadata(root: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -565,6 +622,7 @@ def ensure_demo_data(
     root = Path(cache_dir) / f"context_demo-v{GENERATOR_VERSION}-s{seed}-{size}px-{num_train}-{num_val}"
     if _cache_matches(root, request):
         return root
-    return make_demo_data(
+    # The folder is ours (its name encodes the request): a partial or stale one is regenerated.
+    return _generate(
         root, seed=seed, num_train=num_train, num_val=num_val, size=size, workers=workers, progress=progress
     )

@@ -22,11 +22,22 @@ import torch
 from torch import nn
 
 from pspnet.engine.boundary import BoundaryFScore, BoundaryMetrics
-from pspnet.engine.inference import INFERENCE_MODES, predict_probs
+from pspnet.engine.inference import check_settings, predict_probs
 from pspnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
 from pspnet.errors import DataError, InputError
 
-__all__ = ["EvalDataset", "EvalExample", "EvalResult", "evaluate"]
+__all__ = [
+    "AUTHORS_DATASET_KINDS",
+    "EvalDataset",
+    "EvalExample",
+    "EvalResult",
+    "evaluate",
+    "protocol_base_size",
+    "protocol_crop_size",
+]
+
+AUTHORS_DATASET_KINDS = ("voc2012", "cityscapes", "ade20k")
+"""Dataset layouts the authors evaluated on; their images are resized to a base size at scale 1.0."""
 
 
 class EvalDataset(Protocol):
@@ -118,6 +129,34 @@ class EvalResult:
         return plot_confusion_matrix(self.confusion, self.class_names, path)
 
 
+def protocol_base_size(dataset: EvalDataset) -> int | None:
+    """Long side at scale 1.0 under the authors' protocol: the dataset's base size for the layouts
+    they evaluated (VOC2012, Cityscapes, ADE20K; judged by the layout read, not by the label
+    space's name), None (each image at its own size) for folder and list datasets."""
+    if getattr(dataset, "kind", None) in AUTHORS_DATASET_KINDS:
+        return int(dataset.info.base_size)
+    return None
+
+
+def protocol_crop_size(model: nn.Module, dataset: EvalDataset) -> int:
+    """Sliding-window crop when none is given: the crop the model was trained at (its dataset
+    info), else the authors' crop for their datasets. A folder dataset's default crop is a
+    placeholder, not a training crop, so guessing one there would silently pad small images.
+
+    Raises:
+        InputError: neither the model nor the dataset knows a crop size.
+    """
+    model_info = getattr(model, "dataset_info", None)
+    if model_info is not None:
+        return int(model_info.crop_size)
+    if getattr(dataset, "kind", None) in AUTHORS_DATASET_KINDS:
+        return int(dataset.info.crop_size)
+    raise InputError(
+        "mode='slide' needs a crop size (--crop-size): this model carries no training crop and "
+        f"the {dataset.info.name!r} dataset has none of its own"
+    )
+
+
 def _rank_and_world(distributed: bool | None) -> tuple[int, int]:
     active = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and not active:
@@ -152,10 +191,11 @@ def evaluate(
         model: a PSPNet (moved to ``device`` if given).
         dataset: see :class:`EvalDataset`; images without a mask are skipped (nothing to score).
         mode, crop_size, stride_rate, scales, base_size, flip, batch_size: as in
-            :func:`pspnet.engine.inference.predict_probs`; ``crop_size`` defaults to the model's,
-            then the dataset's training crop. The authors resize every image to ``base_size`` at
-            scale 1.0 too: pass ``base_size=dataset.info.base_size`` for their exact single-scale
-            protocol (``pspnet eval`` does so for VOC2012, Cityscapes and ADE20K).
+            :func:`pspnet.engine.inference.predict_probs`; ``crop_size`` defaults to
+            :func:`protocol_crop_size`. ``base_size=None`` uses each image at its own size; the
+            authors resize every image of their datasets to the dataset's base size at scale 1.0:
+            pass ``base_size=protocol_base_size(dataset)`` for their protocol (``pspnet eval`` and
+            validation during training do).
         device: where to run; default: where the model is.
         progress: show a tqdm progress bar (rank 0 only).
         distributed: None = shard over ranks when torch.distributed is initialised; False = never.
@@ -167,7 +207,8 @@ def evaluate(
             ``EvalResult.examples`` (the training log shows them in TensorBoard).
 
     Raises:
-        InputError: the model's class count differs from the dataset's, or bad settings.
+        InputError: the model's class count differs from the dataset's, or bad settings (checked
+            before the first image, so a setting is never blamed on an image).
         DataError: an image the network cannot take (e.g. smaller than 8x8 in whole mode), named.
     """
     info = dataset.info
@@ -177,16 +218,26 @@ def evaluate(
             f"the model predicts {num_classes} classes but dataset {info.name!r} has {info.num_classes}; "
             "evaluate a model trained for this dataset"
         )
-    if mode not in INFERENCE_MODES:
-        raise InputError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    # Settings are checked here, once: inside the loop a ValueError is a problem of the image.
+    scales = check_settings(
+        mode=mode,
+        crop_size=crop_size,
+        stride_rate=stride_rate,
+        scales=scales,
+        base_size=base_size,
+        batch_size=batch_size,
+    )
     if mode == "slide" and crop_size is None:
-        model_info = getattr(model, "dataset_info", None)
-        crop_size = model_info.crop_size if model_info is not None else info.crop_size
+        crop_size = protocol_crop_size(model, dataset)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}")
     if device is not None:
         model.to(device)
     run_device = next(model.parameters()).device
+    if amp_dtype not in (None, torch.bfloat16, torch.float16):
+        raise InputError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
+    if amp_dtype is not None and run_device.type != "cuda":
+        raise InputError(f"amp_dtype={amp_dtype} needs a CUDA device (the model is on {run_device})")
     total = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = _rank_and_world(distributed)
     indices = range(rank, total, world)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pspnet.errors import InputError
 
-__all__ = ["INFERENCE_MODES", "predict_probs", "scaled_size", "sliding_windows"]
+__all__ = ["INFERENCE_MODES", "check_settings", "predict_probs", "scaled_size", "sliding_windows"]
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -131,6 +131,54 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
+def check_settings(
+    *,
+    mode: str = "whole",
+    crop_size: int | None = None,
+    stride_rate: float = 2 / 3,
+    scales: Sequence[float] = (1.0,),
+    base_size: int | None = None,
+    batch_size: int = 4,
+    option_names: bool = False,
+) -> tuple[float, ...]:
+    """Refuse bad inference settings once, before any model, data or image is touched.
+
+    :func:`predict_probs` calls it for every image; callers that process many images (evaluation,
+    ``pspnet predict``) call it first, so a bad setting is reported once as a setting rather than
+    as a problem of the first image.
+
+    Args:
+        mode, crop_size, stride_rate, scales, base_size, batch_size: as in :func:`predict_probs`;
+            ``crop_size=None`` means "default" (0 and negative values are refused, not defaulted).
+        option_names: name the command-line options (``--crop-size``) instead of the arguments.
+
+    Returns:
+        The scales as a tuple of floats.
+
+    Raises:
+        InputError: one line naming the setting and the value.
+    """
+
+    def name(arg: str) -> str:
+        return "--" + arg.replace("_", "-") if option_names else arg
+
+    if mode not in INFERENCE_MODES:
+        raise InputError(f"{name('mode')} must be one of {INFERENCE_MODES}, got {mode!r}")
+    values = tuple(float(s) for s in scales)
+    if not values or any(not s > 0 for s in values):  # `not >` also refuses NaN
+        shown = " ".join(f"{s:g}" for s in values) if option_names else str(values)
+        raise InputError(f"{name('scales')} must be positive numbers, got {shown or 'none'}")
+    if not 0 < stride_rate <= 1:
+        raise InputError(f"{name('stride_rate')} must be in (0, 1], got {stride_rate}")
+    if batch_size < 1:
+        raise InputError(f"{name('batch_size')} must be >= 1, got {batch_size}")
+    if crop_size is not None and crop_size < 1:
+        raise InputError(f"{name('crop_size')} must be >= 1 pixel, got {crop_size}")
+    if base_size is not None and base_size < 1:
+        raise InputError(f"{name('base_size')} must be >= 1 pixel, got {base_size}")
+    return values
+
+
 def predict_probs(
     model: nn.Module,
     image: np.ndarray,
@@ -153,12 +201,14 @@ def predict_probs(
             for the call, its previous mode is restored afterwards.
         image: ``(H, W, 3)`` RGB, uint8 (or float on the 0-255 scale).
         mode: ``"whole"`` (the full scaled image at once) or ``"slide"`` (crop-size windows).
-        crop_size: window side for ``"slide"``; default ``model.dataset_info.crop_size``.
+        crop_size: window side for ``"slide"``; default (None) ``model.dataset_info.crop_size``;
+            must be >= 1 when given.
         stride_rate: window stride as a fraction of the crop (authors: 2/3).
         scales: multiplies ``base_size`` to give the long side per scale; probabilities averaged.
-        base_size: long side at scale 1.0; default ``model.dataset_info.base_size``. With neither
-            given and ``scales == (1.0,)`` the image is used at its own size; with neither given and
-            other scales, the image's own long side is the base.
+        base_size: long side at scale 1.0. Default: the image's own long side, at every scale
+            (so ``scales=(0.75,)`` always runs 0.75x the image's sides). The authors resize every
+            image to their dataset's base size (512 for VOC2012/ADE20K, 2048 for Cityscapes):
+            pass it here to reproduce their protocol; ``pspnet eval`` does so for those datasets.
         flip: also predict the horizontally flipped input and average the probabilities.
         device: run there (the model is moved); default: where the model's parameters are.
         batch_size: windows (flips included) per forward pass in ``"slide"`` mode.
@@ -171,29 +221,24 @@ def predict_probs(
         InputError: bad image, mode, scale, crop or batch size; ``amp_dtype`` off CUDA.
     """
     raw = _check_image(image)
-    if mode not in INFERENCE_MODES:
-        raise InputError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
-    scales = tuple(float(s) for s in scales)
-    if not scales or any(not s > 0 for s in scales):
-        raise InputError(f"scales must be positive numbers, got {scales}")
-    if not 0 < stride_rate <= 1:
-        raise InputError(f"stride_rate must be in (0, 1], got {stride_rate}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    scales = check_settings(
+        mode=mode,
+        crop_size=crop_size,
+        stride_rate=stride_rate,
+        scales=scales,
+        base_size=base_size,
+        batch_size=batch_size,
+    )
     info = getattr(model, "dataset_info", None)
     crop = 0
     if mode == "slide":
-        crop = crop_size or (info.crop_size if info is not None else 0)
+        crop = crop_size if crop_size is not None else (int(info.crop_size) if info is not None else 0)
         if crop < 1:
             raise InputError(
                 "mode='slide' needs a crop size: pass crop_size (--crop-size); this model has no dataset "
                 "info to take the training crop from"
             )
     height, width = raw.shape[:2]
-    if base_size is None and info is not None and scales != (1.0,):
-        base_size = info.base_size
-    if base_size is not None and base_size < 1:
-        raise InputError(f"base_size must be >= 1, got {base_size}")
     base = base_size if base_size is not None else (None if scales == (1.0,) else max(height, width))
 
     if device is not None:
