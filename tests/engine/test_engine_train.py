@@ -270,9 +270,12 @@ def test_existing_run_needs_resume(tmp_path):
         train(cfg, TinyDataset(8))
 
 
-def test_micro_batch_of_one_is_refused(tmp_path):
+def test_micro_batch_of_one_is_refused_with_the_change_that_helps(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path / "run", **{"optim.accumulate": 2}))
-    with pytest.raises(InputError, match="micro-batch"):
+    with pytest.raises(InputError, match="micro-batch.*lower optim.accumulate"):
+        train(cfg, TinyDataset(8))
+    cfg = load_config(None, tiny_overrides(tmp_path / "run1", **{"optim.batch_size": 1}))
+    with pytest.raises(InputError, match="micro-batch.*raise optim.batch_size"):
         train(cfg, TinyDataset(8))
 
 
@@ -334,6 +337,9 @@ def test_command_trains_on_a_folder_dataset(tmp_path, capsys):
     assert "trained 4 iterations" in capsys.readouterr().out
     assert load_model(out / "model.safetensors").dataset_info.class_names == ("c0", "c1", "c2", "c3")
     assert any("val_miou" in e for e in read_metrics(out))
+    # resuming the finished run trains nothing and says so
+    assert main([*_command_args(data, out), "--set", "data.dataset=null", "--resume"]) == 0
+    assert "already complete (4/4 iterations)" in capsys.readouterr().out
 
 
 def test_command_refuses_a_dataset_failing_verification(tmp_path, capsys):

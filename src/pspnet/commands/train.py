@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if main_rank:
         best = f"; best val mIoU {100 * result.best_miou:.2f}" if result.best_miou is not None else ""
-        speed = f"{result.images_per_s:.1f} images/s"
-        print(f"trained {result.iterations} iterations ({speed}): {result.model_path}{best}")
+        if result.steps_run == 0:
+            print(
+                f"already complete ({result.iterations}/{result.iterations} iterations): "
+                f"{result.model_path}{best}"
+            )
+        else:
+            speed = f"{result.images_per_s:.1f} images/s"
+            print(f"trained {result.iterations} iterations ({speed}): {result.model_path}{best}")
     return 0

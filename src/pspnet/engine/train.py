@@ -80,6 +80,7 @@ class TrainResult:
         images_per_s: training throughput over the whole run (all ranks), validation and
             checkpoint writing excluded.
         iterations: optimizer steps in the schedule; skipped_steps: those skipped (non-finite).
+        steps_run: optimizer steps taken by this call (0 when a finished run is resumed).
         model: the trained network (unwrapped, on the training device).
     """
 
@@ -91,6 +92,7 @@ class TrainResult:
     iterations: int
     skipped_steps: list[int] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
+    steps_run: int = 0
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -183,6 +185,11 @@ def _diverged_message(iteration: int, out: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+def _micro_batch_fix(accumulate: int) -> str:
+    """The change that raises the micro-batch: less accumulation if there is any, else a bigger batch."""
+    return "lower optim.accumulate" if accumulate > 1 else "raise optim.batch_size"
 
 
 def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None) -> TrainResult:
@@ -286,7 +293,7 @@ def _train(
         raise InputError(
             f"the micro-batch per step is {micro} image (batch_size {o.batch_size} / "
             f"{ctx.world_size} ranks / accumulate {o.accumulate}); BatchNorm on the 1x1 pyramid bin "
-            "needs >= 2: lower optim.accumulate or set model.freeze_bn=true"
+            f"needs >= 2: {_micro_batch_fix(o.accumulate)} or set model.freeze_bn=true"
         )
     model.to(device)
     if o.channels_last:
@@ -587,4 +594,5 @@ def _train(
         iterations=max_iter,
         skipped_steps=skipped,
         model=raw_model,
+        steps_run=run_steps,
     )
