@@ -207,7 +207,8 @@ class TrainConfig:
         deterministic: deterministic algorithms (bit-identical reruns and resumes on CPU).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         nonfinite: what a NaN/inf loss does: ``skip`` the step (logged) or ``abort``. NaN/inf
-            weights (a diverged run) stop the run either way.
+            weights, or ``MAX_SKIPS_IN_A_ROW`` (20) non-finite steps in a row (a diverged run),
+            stop the run either way.
         resume: continue from ``OUT/last``; without it, an output folder holding a run is refused.
         dist_timeout_s: how long a rank waits for the others before giving up (DDP).
     """

@@ -20,7 +20,7 @@ from pspnet.config import load_config
 from pspnet.data.info import DatasetInfo, default_palette
 from pspnet.data.preprocess import PYTORCH_PREPROCESS
 from pspnet.engine.optim import build_optimizer, poly_lr, segmentation_loss, set_lr
-from pspnet.engine.train import NonFiniteLossError, train
+from pspnet.engine.train import MAX_SKIPS_IN_A_ROW, NonFiniteLossError, train
 from pspnet.engine.train_setup import open_train_datasets
 from pspnet.errors import DataError, InputError
 from pspnet.io.checkpoint import load_model
@@ -242,6 +242,17 @@ def test_nonfinite_batch_is_skipped_and_logged(tmp_path):
     assert result.skipped_steps == [events[0]["iter"] - 1]
     state = load_model(result.model_path).state_dict()
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())  # BN stats too
+
+
+def test_skip_stops_after_too_many_nonfinite_steps_in_a_row(tmp_path):
+    """Skipping leaves the weights finite, so only the streak can tell a bad batch from a diverged
+    model: the run stops at the MAX_SKIPS_IN_A_ROW-th non-finite step in a row."""
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(out, **{"optim.iterations": MAX_SKIPS_IN_A_ROW + 5}))
+    with pytest.raises(NonFiniteLossError, match=f"iteration {MAX_SKIPS_IN_A_ROW}: the last "):
+        train(cfg, TinyDataset(8, poison=set(range(8))))
+    skips = [e for e in read_metrics(out) if e.get("action") == "skipped"]
+    assert len(skips) == MAX_SKIPS_IN_A_ROW - 1
 
 
 def test_nonfinite_abort_keeps_the_last_good_checkpoint(tmp_path):

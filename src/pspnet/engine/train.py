@@ -165,8 +165,13 @@ def _refuse_used_output(out: Path) -> None:
         )
 
 
-def _diverged_message(iteration: int, out: Path) -> str:
-    """What to do when the weights became NaN/inf: advice that the resume check accepts."""
+MAX_SKIPS_IN_A_ROW = 20
+"""Non-finite steps in a row after which ``nonfinite: skip`` stops: one bad batch is skipped, but
+this many in a row means the model diverged even if its weights are still finite (huge)."""
+
+
+def _diverged_message(iteration: int, out: Path, what: str = "the weights hold NaN/inf") -> str:
+    """What to do when training diverged: advice that the resume check accepts."""
     last = find_last_checkpoint(out)
     if last is None:
         way_out = (
@@ -178,10 +183,7 @@ def _diverged_message(iteration: int, out: Path) -> str:
             f"Rerun with --resume (it continues from {last}) and a lower optim.base_lr; if it diverges "
             "again, that checkpoint is already damaged: start over in a new --out with the lower rate"
         )
-    return (
-        f"iteration {iteration}: the weights hold NaN/inf (training diverged); not writing a checkpoint. "
-        f"{way_out}"
-    )
+    return f"iteration {iteration}: {what} (training diverged); not writing a checkpoint. {way_out}"
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -434,6 +436,7 @@ def _train(
     images_per_step = micro * o.accumulate * ctx.world_size
     run_start = time.perf_counter()
     window_start, window_losses, window_aux, window_total, window_steps = run_start, [], [], [], 0
+    skips_in_a_row = 0
     run_steps, paused = 0, 0.0  # paused: validation and checkpoint time, not training throughput
     if epoch_step >= steps_per_epoch:  # resumed on another number of ranks: epochs got shorter
         epoch, epoch_step = epoch + 1, 0
@@ -487,6 +490,10 @@ def _train(
                 buf.copy_(old)
             if not all_finite():  # diverged: skipping would only repeat this until the next checkpoint
                 raise NonFiniteLossError(_diverged_message(iteration + 1, out))
+            skips_in_a_row += 1
+            if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:  # finite but useless weights: same end
+                what = f"the last {skips_in_a_row} steps in a row had a non-finite loss"
+                raise NonFiniteLossError(_diverged_message(iteration + 1, out, what))
             skipped.append(iteration)
             all_indices = indices
             if ctx.enabled:
@@ -513,6 +520,7 @@ def _train(
         run_steps += 1
         bar.update(1)
         if finite:
+            skips_in_a_row = 0
             window_losses.append(step_loss)
             window_aux.append(step_aux)
             window_total.append(step_total)
