@@ -17,6 +17,7 @@ from pspnet.errors import InputError
 __all__ = [
     "AMP_CHOICES",
     "add_amp_argument",
+    "add_inference_arguments",
     "check_inference_options",
     "check_output_dir",
     "check_output_file",
@@ -93,6 +94,41 @@ def _check_onnx_device(device: str, parsed: torch.device, model: Path) -> None:
             f"--device {device}: this onnxruntime has no CUDA execution provider, so {model} would run on "
             "the CPU; install onnxruntime-gpu, use the .safetensors model, or pass --device cpu"
         )
+
+
+_OUTPUT_STRIDE_HELP = (
+    "run the backbone at this output stride instead of the model's own (8 for the paper's models); "
+    "same weights. A speed/accuracy trade: 16 does several times less work at a measured accuracy "
+    "cost (docs/cpu_modes.md). Not for .onnx models, whose stride is fixed when exported"
+)
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, *, crop_help: str, base_help: str) -> None:
+    """``--mode --scales --flip --crop-size --base-size --batch-size --output-stride --device --amp``
+    of eval and predict (checked by :func:`check_inference_options` and
+    :func:`resolve_device_argument`). Only the defaults of the crop and base size differ between
+    the two commands, so their help is the caller's."""
+    parser.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole image at once, or sliding windows of --crop-size (default: whole)",
+    )
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--crop-size", type=int, default=None, help=crop_help)
+    parser.add_argument("--base-size", type=int, default=None, help=base_help)
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    parser.add_argument(
+        "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available); .onnx models: cpu, or cuda with "
+        "onnxruntime-gpu",
+    )
+    add_amp_argument(parser)
 
 
 def check_inference_options(args: argparse.Namespace) -> None:

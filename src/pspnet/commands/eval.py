@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from pspnet.commands._options import (
-    add_amp_argument,
+    add_inference_arguments,
     check_inference_options,
     check_output_dir,
     resolve_amp_argument,
@@ -25,12 +25,6 @@ DESCRIPTION = (
     "The authors' setting: --mode slide --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip (multi-scale). "
     "Cheaper modes, each a speed/accuracy trade with its cost measured in docs/cpu_modes.md: "
     "--output-stride 16, a single smaller --scales value, no --flip."
-)
-
-_OUTPUT_STRIDE_HELP = (
-    "run the backbone at this output stride instead of the model's own (8 for the paper's models); "
-    "same weights. A speed/accuracy trade: 16 does several times less work at a measured accuracy "
-    "cost (docs/cpu_modes.md). Not for .onnx models, whose stride is fixed when exported"
 )
 
 
@@ -65,33 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label value not scored, for folder and list datasets "
         "(default 255; the authors' layouts use 255)",
     )
-    parser.add_argument(
-        "--mode",
-        choices=("whole", "slide"),
-        default="whole",
-        help="whole image at once, or sliding windows of --crop-size (default: whole)",
-    )
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument(
-        "--crop-size",
-        type=int,
-        default=None,
-        help="sliding-window crop in pixels (default: the crop recorded in the model file, else the "
+    add_inference_arguments(
+        parser,
+        crop_help="sliding-window crop in pixels (default: the crop recorded in the model file, else the "
         "authors' crop for their datasets)",
-    )
-    parser.add_argument(
-        "--base-size", type=int, default=None, help="long side at scale 1.0 (default: see the description)"
-    )
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
-    parser.add_argument(
-        "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
-    )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available); .onnx models: cpu, or cuda with "
-        "onnxruntime-gpu",
+        base_help="long side at scale 1.0 (default: see the description)",
     )
     parser.add_argument(
         "--out",
@@ -107,7 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also score object edges: per-class boundary F-score (docs/decoder.md)",
     )
-    add_amp_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

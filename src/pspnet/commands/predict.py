@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pspnet.commands._options import (
-    add_amp_argument,
+    add_inference_arguments,
     check_inference_options,
     check_output_dir,
     resolve_amp_argument,
@@ -26,11 +26,6 @@ DESCRIPTION = (
 )
 
 _GLOB_CHARS = frozenset("*?[")
-_OUTPUT_STRIDE_HELP = (
-    "run the backbone at this output stride instead of the model's own (8 for the paper's models); "
-    "same weights. A speed/accuracy trade: 16 does several times less work at a measured accuracy "
-    "cost (docs/cpu_modes.md). Not for .onnx models, whose stride is fixed when exported"
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,32 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, type=Path, help="model file: .safetensors or .onnx (from pspnet export)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument(
-        "--mode",
-        choices=("whole", "slide"),
-        default="whole",
-        help="whole image at once, or sliding windows of --crop-size (default: whole)",
-    )
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="scales (default 1.0)")
-    parser.add_argument(
-        "--base-size",
-        type=int,
-        default=None,
-        help=(
-            "long side at scale 1.0 (default: each image's own long side, at every scale); "
-            "the authors' protocol resizes to the dataset's base size (512 VOC/ADE20K, 2048 Cityscapes)"
-        ),
-    )
-    parser.add_argument(
-        "--crop-size",
-        type=int,
-        default=None,
-        help="sliding-window crop in pixels (default: the crop recorded in the model file)",
-    )
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
-    parser.add_argument(
-        "--output-stride", type=int, choices=(8, 16, 32), default=None, help=_OUTPUT_STRIDE_HELP
+    add_inference_arguments(
+        parser,
+        crop_help="sliding-window crop in pixels (default: the crop recorded in the model file)",
+        base_help="long side at scale 1.0 (default: each image's own long side, at every scale); "
+        "the authors' protocol resizes to the dataset's base size (512 VOC/ADE20K, 2048 Cityscapes)",
     )
     parser.add_argument(
         "--overlay",
@@ -76,13 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)"
     )
     parser.add_argument("--confidence", action="store_true", help="also write <stem>_confidence.png")
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available); .onnx models: cpu, or cuda with "
-        "onnxruntime-gpu",
-    )
-    add_amp_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

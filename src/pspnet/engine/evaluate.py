@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pspnet.engine.boundary import BoundaryFScore, BoundaryMetrics
-from pspnet.engine.inference import check_settings, predict_probs
+from pspnet.engine.inference import check_amp_dtype, check_settings, predict_probs
 from pspnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
 from pspnet.errors import DataError, InputError
 
@@ -234,10 +234,7 @@ def evaluate(
     if device is not None:
         model.to(device)
     run_device = next(model.parameters()).device
-    if amp_dtype not in (None, torch.bfloat16, torch.float16):
-        raise InputError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
-    if amp_dtype is not None and run_device.type != "cuda":
-        raise InputError(f"amp_dtype={amp_dtype} needs a CUDA device (the model is on {run_device})")
+    check_amp_dtype(amp_dtype, run_device)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = _rank_and_world(distributed)
     indices = range(rank, total, world)

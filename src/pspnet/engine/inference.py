@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from pspnet.errors import InputError
 
-__all__ = ["INFERENCE_MODES", "check_settings", "predict_probs", "scaled_size", "sliding_windows"]
+__all__ = [
+    "INFERENCE_MODES",
+    "check_amp_dtype",
+    "check_settings",
+    "predict_probs",
+    "scaled_size",
+    "sliding_windows",
+]
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -179,6 +186,18 @@ def check_settings(
     return values
 
 
+def check_amp_dtype(amp_dtype: torch.dtype | None, run_device: torch.device) -> None:
+    """Autocast only in bf16/fp16 and only on CUDA (never bf16 autocast on a CPU, where it is slower).
+
+    Raises:
+        InputError: another dtype, or a model that is not on a CUDA device.
+    """
+    if amp_dtype not in (None, torch.bfloat16, torch.float16):
+        raise InputError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
+    if amp_dtype is not None and run_device.type != "cuda":
+        raise InputError(f"amp_dtype={amp_dtype} needs a CUDA device (the model is on {run_device})")
+
+
 def predict_probs(
     model: nn.Module,
     image: np.ndarray,
@@ -244,10 +263,7 @@ def predict_probs(
     if device is not None:
         model.to(device)
     run_device = next(model.parameters()).device
-    if amp_dtype not in (None, torch.bfloat16, torch.float16):
-        raise InputError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
-    if amp_dtype is not None and run_device.type != "cuda":
-        raise InputError(f"amp_dtype={amp_dtype} needs a CUDA device (the model is on {run_device})")
+    check_amp_dtype(amp_dtype, run_device)
     was_training = model.training
     model.eval()
     try:

@@ -105,11 +105,19 @@ def _batch_names(dataset: Any, indices: list[int]) -> list[str]:
     return [str(getattr(samples[i], "name", i)) for i in indices]
 
 
+RESUME_MAY_CHANGE = ("optim.base_lr",)
+"""Fingerprint entries a resume may change (the way out of a diverged run; the engine says so)."""
+
+
 def _fingerprint_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings that differ between a checkpoint's fingerprint and the current one, except
+    those in :data:`RESUME_MAY_CHANGE`."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         path = f"{prefix}{key}"
+        if path in RESUME_MAY_CHANGE:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             diffs.extend(_fingerprint_diff(a, b, f"{path}."))
         elif a != b:
@@ -348,7 +356,7 @@ def _train(
     if last is not None:
         tensors, state = load_checkpoint(last)
         saved = json.loads(state["fingerprint"])
-        diffs = [d for d in _fingerprint_diff(saved, fingerprint) if not d.startswith("optim.base_lr:")]
+        diffs = _fingerprint_diff(saved, fingerprint)
         if diffs:
             raise InputError(
                 f"cannot resume {last}: the config differs from the checkpoint's in {'; '.join(diffs[:6])}; "

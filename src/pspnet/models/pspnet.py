@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -115,11 +117,18 @@ class PSPNetConfig:
         return replace(self, **changes)
 
 
+@functools.cache
+def _field_types() -> dict[str, type]:
+    """Each config field's base type (``int``, ``str``, ``tuple`` ...), from its annotation."""
+    hints = typing.get_type_hints(PSPNetConfig)
+    return {f.name: typing.get_origin(hints[f.name]) or hints[f.name] for f in fields(PSPNetConfig)}
+
+
 def _check_types(config: PSPNetConfig) -> None:
     """Refuse wrongly typed fields by name (``num_classes="21"`` would otherwise fail deep inside
     a convolution's constructor with a message about string formatting); NumPy numbers become
     Python ones (the config is saved as JSON)."""
-    for name, kind in _FIELD_TYPES.items():
+    for name, kind in _field_types().items():
         value = getattr(config, name)
         what = type(value).__name__
         if kind is int:
@@ -140,30 +149,6 @@ def _check_types(config: PSPNetConfig) -> None:
             or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value)
         ):
             raise InputError(f"{name} must be a sequence of integers, got {value!r} ({what})")
-
-
-_FIELD_TYPES: dict[str, type] = {
-    "num_classes": int,
-    "depth": int,
-    "output_stride": int,
-    "stem": str,
-    "stem_width": int,
-    "widths": tuple,
-    "use_ppm": bool,
-    "bins": tuple,
-    "pooling": str,
-    "reduction": bool,
-    "head_channels": int,
-    "aux": bool,
-    "aux_channels": int,
-    "dropout": float,
-    "align_corners": bool,
-    "size_rule": str,
-    "decoder": str,
-    "avg_down": bool,
-    "contract_dilation": bool,
-    "stride_in_1x1": bool,
-}
 
 
 class SegmentationHead(nn.Sequential):
