@@ -106,7 +106,7 @@ def predict(
     *,
     mode: str = "whole",
     crop_size: int | None = None,
-    scales: Sequence[float] = (1.0,),
+    scales: Sequence[float] | float = (1.0,),
     base_size: int | None = None,
     flip: bool = False,
     device: torch.device | str | None = None,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from pspnet.data import imageio
 from pspnet.data.imageio import colour_mask_to_ids, read_image, read_mask
 from pspnet.data.info import VOC2012
 from pspnet.errors import DataError
@@ -172,3 +173,29 @@ def test_jpeg_mask_is_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, quality=95)
     with pytest.raises(DataError, match=r"m\.jpg: mask is a JPEG.*save masks as PNG"):
         read_mask(path)
+
+
+def test_a_jpeg_without_its_end_marker_gets_the_full_decode_even_without_check_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training reads without ``check_complete``; OpenCV before 5 padded a cut JPEG with grey.
+
+    ``cv2.imdecode`` is replaced by one that pads (as those versions did), so the test holds on any
+    OpenCV: the cut file must still be refused, and complete JPEGs (also with trailing bytes after
+    the end marker, which some cameras write) must not pay the second decode.
+    """
+    good = tmp_path / "good.jpg"
+    Image.fromarray(_pattern(64, 64)).save(good)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) * 3 // 4])
+    trailing = tmp_path / "trailing.jpg"
+    trailing.write_bytes(good.read_bytes() + b"\x00camera-notes")
+    monkeypatch.setattr(imageio.cv2, "imdecode", lambda data, flags: np.full((64, 64, 3), 128, np.uint8))
+    full_decodes: list[str] = []
+    real_check = imageio._check_complete
+    monkeypatch.setattr(imageio, "_check_complete", lambda p: (full_decodes.append(p.name), real_check(p)))
+    with pytest.raises(DataError, match=r"cut\.jpg: not a readable image"):
+        read_image(cut)
+    assert read_image(good).shape == (64, 64, 3)
+    assert read_image(trailing).shape == (64, 64, 3)
+    assert full_decodes == ["cut.jpg", "trailing.jpg"]

@@ -274,11 +274,23 @@ def test_slide_crop_defaults_to_the_models_dataset_info() -> None:
         ({"stride_rate": 0.0}, "stride_rate"),
         ({"batch_size": 0}, "batch_size"),
         ({"base_size": 0, "scales": (1.0, 2.0)}, "base_size"),
+        ({"scales": "0.5 1.0"}, "scales must be a list of numbers"),
+        ({"scales": (0.5, None)}, "scales must be a list of numbers"),
+        ({"crop_size": "473", "mode": "slide"}, "crop_size must be a whole number"),
+        ({"base_size": 64.5}, "base_size must be a whole number"),
     ],
 )
 def test_bad_arguments_raise_input_error(model: torch.nn.Module, kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         predict_probs(model, _image(20, 20), **kwargs)
+
+
+def test_a_bare_number_is_one_scale(model: torch.nn.Module) -> None:
+    image = _image(40, 24)
+    torch.testing.assert_close(
+        predict_probs(model, image, scales=0.5), predict_probs(model, image, scales=[0.5])
+    )
+    assert not torch.equal(predict_probs(model, image, scales=0.5), predict_probs(model, image, scales=[1.0]))
 
 
 def test_bad_image_raises_input_error(model: torch.nn.Module) -> None:

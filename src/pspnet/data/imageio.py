@@ -113,7 +113,7 @@ def _check_file(path: Path) -> None:
 
 
 def _check_complete(path: Path) -> None:
-    """Fully decode with Pillow, which (unlike OpenCV) raises on a truncated JPEG instead of padding it."""
+    """Fully decode with Pillow, which raises on a truncated JPEG (some OpenCV versions pad it with grey)."""
     with _PIL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
@@ -126,6 +126,18 @@ def _check_complete(path: Path) -> None:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def _jpeg_without_end_marker(data: np.ndarray) -> bool:
+    """A JPEG whose last two bytes are not the end-of-image marker: cut short, or followed by junk.
+
+    Checking the last bytes costs nothing, so every reader (training included) sends such files
+    to the full Pillow decode: some OpenCV versions pad a cut JPEG with grey after a warning.
+    Files with harmless trailing bytes pass that decode and are read normally.
+    """
+    return (
+        data.size >= 4 and data[0] == 0xFF and data[1] == 0xD8 and not (data[-2] == 0xFF and data[-1] == 0xD9)
+    )
+
+
 def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete: bool = False) -> np.ndarray:
     """Read an image file as an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
@@ -136,8 +148,10 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete
     Args:
         path: image file.
         max_pixels: refuse larger images (checked from the header, before decoding).
-        check_complete: also decode with Pillow to catch truncated JPEGs, which OpenCV pads with
-            grey after a warning; costs a second decode, so ``verify-dataset`` uses it, training not.
+        check_complete: also decode every file with Pillow, which catches a truncated file that
+            OpenCV would pad with grey after a warning. Costs a second decode, so ``verify-dataset``
+            and prediction use it; training relies on the free check that sends JPEGs without
+            their end marker (the usual sign of a cut file) through the same decode.
 
     Raises:
         DataError: the file is missing, empty, truncated, not an image, or too large.
@@ -145,9 +159,9 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete
     path = Path(path)
     _check_file(path)
     header = _header(path, max_pixels)
-    if check_complete and header is not None:
-        _check_complete(path)
     data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it fails on non-ASCII Windows paths
+    if header is not None and (check_complete or _jpeg_without_end_marker(data)):
+        _check_complete(path)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise DataError(f"{path}: not a readable image (OpenCV could not decode it; truncated or corrupt?)")

@@ -138,12 +138,24 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
+def _as_scales(scales: Sequence[float] | float, label: str) -> tuple[float, ...]:
+    """Scales as floats; a bare number means one scale (``scales=0.5`` reads as ``(0.5,)``)."""
+    if isinstance(scales, (int, float, np.number)) and not isinstance(scales, bool):
+        return (float(scales),)
+    if isinstance(scales, (str, bytes)):
+        raise InputError(f"{label} must be a list of numbers such as (0.75, 1.0), got the string {scales!r}")
+    try:
+        return tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} must be a list of numbers such as (0.75, 1.0), got {scales!r}") from None
+
+
 def check_settings(
     *,
     mode: str = "whole",
     crop_size: int | None = None,
     stride_rate: float = 2 / 3,
-    scales: Sequence[float] = (1.0,),
+    scales: Sequence[float] | float = (1.0,),
     base_size: int | None = None,
     batch_size: int = 4,
     option_names: bool = False,
@@ -171,7 +183,10 @@ def check_settings(
 
     if mode not in INFERENCE_MODES:
         raise InputError(f"{name('mode')} must be one of {INFERENCE_MODES}, got {mode!r}")
-    values = tuple(float(s) for s in scales)
+    values = _as_scales(scales, name("scales"))
+    for arg, value in (("crop_size", crop_size), ("base_size", base_size), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise InputError(f"{name(arg)} must be a whole number of pixels/images, got {value!r}")
     if not values or any(not s > 0 for s in values):  # `not >` also refuses NaN
         shown = " ".join(f"{s:g}" for s in values) if option_names else str(values)
         raise InputError(f"{name('scales')} must be positive numbers, got {shown or 'none'}")
@@ -205,7 +220,7 @@ def predict_probs(
     mode: str = "whole",
     crop_size: int | None = None,
     stride_rate: float = 2 / 3,
-    scales: Sequence[float] = (1.0,),
+    scales: Sequence[float] | float = (1.0,),
     base_size: int | None = None,
     flip: bool = False,
     device: torch.device | str | None = None,
@@ -223,7 +238,8 @@ def predict_probs(
         crop_size: window side for ``"slide"``; default (None) ``model.dataset_info.crop_size``;
             must be >= 1 when given.
         stride_rate: window stride as a fraction of the crop (authors: 2/3).
-        scales: multiplies ``base_size`` to give the long side per scale; probabilities averaged.
+        scales: multiplies ``base_size`` to give the long side per scale; probabilities averaged
+            (a bare number is one scale: ``scales=0.5`` is ``(0.5,)``).
         base_size: long side at scale 1.0. Default: the image's own long side, at every scale
             (so ``scales=(0.75,)`` always runs 0.75x the image's sides). The authors resize every
             image to their dataset's base size (512 for VOC2012/ADE20K, 2048 for Cityscapes):
