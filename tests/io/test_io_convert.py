@@ -248,6 +248,31 @@ def test_numpy_scalars_in_meta_do_not_block_conversion(tmp_path: Path) -> None:
         assert torch.equal(result.model(x)["out"], source(x)["out"])
 
 
+def test_auto_detection_and_the_reader_share_one_read_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detecting the source and reading the weights used to load a release twice (four times for a
+    file with bookkeeping objects: a strict read and a read with stand-ins, each twice)."""
+    import numpy as np
+
+    from pspnet.io import checkpoint
+
+    source = _small_source()
+    torch.save({"state_dict": _authors_checkpoint(source), "meta": {"seed": np.int64(5)}}, tmp_path / "r.pth")
+    loads: list[str] = []
+    real_load = checkpoint.torch.load
+    monkeypatch.setattr(
+        checkpoint.torch, "load", lambda f, *a, **k: (loads.append(str(f)), real_load(f, *a, **k))[1]
+    )
+    for _ in range(2):  # the shared read lasts one conversion: a second conversion reads the file again
+        result = convert_checkpoint(tmp_path / "r.pth", None)
+        assert result.source == "semseg"
+    assert len(loads) == 4  # per conversion: one strict read, refused; one read with stand-ins
+    x = torch.randn(1, 3, 33, 41)
+    with torch.no_grad():
+        assert torch.equal(result.model(x)["out"], source(x)["out"])
+
+
 def test_semseg_notes_say_what_was_assumed_and_dropped(tmp_path: Path) -> None:
     source = _small_source().half()
     torch.save({"epoch": 100, "state_dict": _authors_checkpoint(source), "optimizer": {}}, tmp_path / "a.pth")

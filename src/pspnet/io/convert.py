@@ -22,7 +22,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,23 @@ def infer_semseg_config(
     )
 
 
+_READ_ONCE: ContextVar[dict[Path, ReleaseFile] | None] = ContextVar("pspnet_convert_reads", default=None)
+
+
+@contextmanager
+def _each_file_read_once() -> Iterator[None]:
+    """Within one conversion, source detection and the reader share one read of the file.
+
+    A file with bookkeeping objects costs a strict read, a scan and a second read with stand-ins;
+    without this, detection and the reader did all of that twice for a multi-hundred-MB release.
+    """
+    token = _READ_ONCE.set({})
+    try:
+        yield
+    finally:
+        _READ_ONCE.reset(token)
+
+
 def read_checkpoint(path: Path) -> ReleaseFile:
     """A released torch checkpoint's content (see :func:`read_release_file`); a Caffe model given
     as one is named as such instead of failing as a damaged pickle."""
@@ -216,7 +235,14 @@ def read_checkpoint(path: Path) -> ReleaseFile:
             f"{path}: looks like a Caffe model (a protobuf NetParameter), not a torch file; "
             "pass --source caffe or rename it to .caffemodel"
         )
-    return read_release_file(path)
+    reads = _READ_ONCE.get()
+    key = Path(path).resolve()
+    if reads is not None and key in reads:
+        return reads[key]
+    release = read_release_file(path)
+    if reads is not None:
+        reads[key] = release
+    return release
 
 
 def _not_network(raw: Any, wrappers: tuple[str, ...]) -> list[str]:
@@ -406,8 +432,9 @@ def convert_checkpoint(
         raise InputError(f"{src}: no such file")
     if dst is not None:
         _check_destination(src, Path(dst))
-    source = detect_source(src) if source == "auto" else source
-    imported = _reader(source)(src, tuple(bins))
+    with _each_file_read_once():
+        source = detect_source(src) if source == "auto" else source
+        imported = _reader(source)(src, tuple(bins))
     config = imported.config
     dataset: DatasetInfo | None = imported.dataset
     name = f"pspnet{config.depth}" if config.use_ppm else f"fcn{config.depth}"
