@@ -114,6 +114,21 @@ def test_export_cli_prints_diffs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out.is_file()
     assert "97x129: max abs diff" in printed and "64x72: max abs diff" in printed
     assert OnnxModel(out).num_classes == 3
+    assert "replaced" not in printed
+    assert main(["export", "--model", str(weights), "--out", str(out), "--verify-sizes"]) == 0
+    assert "(replaced the old file)" in capsys.readouterr().out
+
+
+def test_export_refuses_a_folder_as_out_before_loading_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "exports").mkdir()
+    code = main(
+        ["export", "--model", str(tmp_path / "absent.safetensors"), "--out", str(tmp_path / "exports")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--out" in err and "is a folder" in err and "absent.safetensors" not in err
 
 
 def test_int8_model_is_quantized_and_keeps_metadata(

@@ -321,6 +321,10 @@ def test_destination_must_be_a_new_safetensors_file(
     with pytest.raises(InputError, match=r"dir\.safetensors: is a directory"):
         convert_checkpoint(src, tmp_path / "dir.safetensors")
     assert src.read_bytes() == before and not (tmp_path / "x.pth").exists()
+    out = tmp_path / "out.safetensors"
+    for replaced in (False, True):
+        assert main(["convert", str(src), str(out)]) == 0
+        assert ("(replaced the old file)" in capsys.readouterr().out) is replaced
 
 
 def test_incomplete_files_and_backbones_are_refused_with_the_right_advice(tmp_path: Path) -> None:

@@ -40,11 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pspnet.commands._options import check_output_file
+
+    dst = Path(args.dst)
+    check_output_file(dst, "DST")
+    replaced = dst.exists()
     result = convert_checkpoint(
         args.src, args.dst, source=args.source, preset=args.preset, bins=tuple(args.bins)
     )
     cfg = result.model.config
-    print(f"converted {args.src} ({result.source}) -> {result.path}")
+    print(
+        f"converted {args.src} ({result.source}) -> {result.path}"
+        + (" (replaced the old file)" if replaced else "")
+    )
     print(f"  model: {result.model.preset_name} (ResNet-{cfg.depth}, {cfg.num_classes} classes)")
     print(f"  {result.report.summary()}")
     for note in result.notes:

@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pspnet.commands._options import check_output_file
     from pspnet.errors import InputError
     from pspnet.export import check_opset, export_onnx, verify_onnx
     from pspnet.io.checkpoint import load_model
@@ -65,11 +66,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model.suffix.lower() == ".onnx":
         raise InputError(f"{args.model}: already ONNX; pass the .safetensors model to export")
     check_opset(args.opset)  # before loading the model: a typo should not cost a load
+    check_output_file(args.out, "--out")
+    replaced = args.out.exists()
     model = load_model(args.model)
     path = export_onnx(
         model, args.out, opset=args.opset, dynamic=not args.static, example_size=tuple(args.example_size)
     )
-    print(f"wrote {path} (opset {args.opset}, {'static' if args.static else 'dynamic batch/height/width'})")
+    shape = "static" if args.static else "dynamic batch/height/width"
+    print(f"wrote {path} (opset {args.opset}, {shape})" + (" (replaced the old file)" if replaced else ""))
     sizes = list(args.verify_sizes)
     if args.static and sizes:
         sizes = [tuple(args.example_size)]
