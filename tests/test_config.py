@@ -15,6 +15,7 @@ from pspnet.errors import InputError
 # The authors' hszhao/semseg config/*/*.yaml, transcribed by hand: (layers, crop, epochs).
 AUTHORS = {
     "ade20k_pspnet50": ("pspnet50", 473, 100),
+    "ade20k_pspnet101": ("pspnet101", 473, 100),
     "voc2012_pspnet50": ("pspnet50", 473, 50),
     "voc2012_pspnet101": ("pspnet101", 473, 50),
     "cityscapes_pspnet50": ("pspnet50", 713, 200),

@@ -430,3 +430,44 @@ def test_eval_command_reads_a_list_file_against_data_root(tmp_path: Path) -> Non
     )
     assert result["settings"]["data_root"] == str(data)
     assert main([*argv, "--device", "cpu", "--no-progress"]) == 2  # without it the paths resolve nowhere
+
+
+def test_eval_of_a_list_names_the_authors_base_size_when_the_model_is_theirs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list file is read at each image's own size; for a model of the authors' label spaces the
+    run says which --base-size gives their protocol (and says nothing for other models)."""
+    from pspnet.cli import main
+    from pspnet.data.info import VOC2012
+    from pspnet.io.checkpoint import save_model
+    from pspnet.models.registry import attach_metadata
+
+    rng = np.random.default_rng(1)
+    masks = {"a": rng.integers(0, 4, (30, 41)).astype(np.uint8)}
+    data = tmp_path / "data"
+    _write_pairs(data, masks, seed=2)
+    (data / "val.txt").write_text("images/a.png masks/a.png\n")
+    voc = create_model("pspnet_tiny", num_classes=21).eval()
+    voc = attach_metadata(voc, "pspnet_tiny", VOC2012, voc.preprocess)
+    models = {
+        "voc": save_model(voc, tmp_path / "voc.safetensors"),
+        "folder": save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "f.safetensors"),
+    }
+    folder_classes = (data / "classes.txt").read_text()
+    for name, path in models.items():
+        classes = "\n".join(VOC2012.class_names) + "\n" if name == "voc" else folder_classes
+        (data / "classes.txt").write_text(classes)
+        argv = [
+            "eval",
+            "--model",
+            str(path),
+            "--data",
+            str(data / "val.txt"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+        for base in ([], ["--base-size", "64"]):
+            assert main([*argv, *base]) == 0
+            noted = "the authors' voc2012 protocol resizes the long side to 512: add --base-size 512"
+            assert (noted in capsys.readouterr().err) is (name == "voc" and not base)

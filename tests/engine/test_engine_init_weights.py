@@ -102,3 +102,25 @@ def test_training_starts_from_an_imagenet_backbone(tmp_path: Path, capsys: pytes
     train(load_config(None, overrides), TinyDataset(n=4))
     err = capsys.readouterr().err
     assert "backbone weights" in err and f"{len(source.backbone.state_dict())} tensors loaded" in err
+
+
+@pytest.mark.parametrize("start", ["random", "init_weights", "tiny_preset"])
+def test_a_paper_size_backbone_from_random_weights_is_named_once(
+    start: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The authors always start from ImageNet weights; a ResNet-50+ run without any says so (the
+    shipped configs leave backbone_weights empty, as no weights can be downloaded)."""
+    import json
+
+    from pspnet.engine.train_setup import build_model
+
+    overrides = ["model.preset=pspnet50", f"model.overrides={json.dumps(SMALL_R50)}"]
+    if start == "init_weights":
+        save_model(create_model("pspnet50", num_classes=4, **SMALL_R50), tmp_path / "start.safetensors")
+        overrides.append(f"model.init_weights={tmp_path / 'start.safetensors'}")
+    if start == "tiny_preset":
+        overrides = ["model.preset=pspnet_tiny"]
+    build_model(load_config(None, [*overrides, "optim.iterations=1"]), TinyDataset(n=1).info, is_main=True)
+    err = capsys.readouterr().err
+    noted = "the ResNet-50 backbone starts from random weights" in err and "model.backbone_weights" in err
+    assert noted is (start == "random")

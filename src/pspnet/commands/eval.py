@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
+from typing import Any
 
 from pspnet.commands._options import (
     add_inference_arguments,
@@ -22,7 +24,9 @@ DESCRIPTION = (
     "OUT/metrics.json (every number and the settings) and OUT/confusion.png. For the authors' datasets "
     "(VOC2012, Cityscapes, ADE20K) images are resized to the dataset's base size at scale 1.0, as the "
     "authors do; for folder and list datasets images are used at their own size unless --base-size is given. "
-    "The authors' setting: --mode slide --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip (multi-scale). "
+    "The authors' settings (their test.py always adds the flip): --mode slide --scales 1.0 --flip "
+    "(single-scale) and --mode slide --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip (multi-scale); the "
+    "default, --mode whole without flip, is the quick check, not their protocol. "
     "Cheaper modes, each a speed/accuracy trade with its cost measured in docs/cpu_modes.md: "
     "--output-stride 16, a single smaller --scales value, no --flip."
 )
@@ -125,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             model_info, ignore_index=dataset.info.ignore_index, name=dataset.info.name
         )
     base_size = args.base_size if args.base_size is not None else protocol_base_size(dataset)
+    if base_size is None and is_list:
+        _note_authors_base_size(dataset.info, model_info)
     result = evaluate(
         model,
         dataset,
@@ -154,3 +160,20 @@ def run(args: argparse.Namespace) -> int:
         plot_path = result.save_confusion_plot(args.out / "confusion.png")
         print(f"wrote {json_path} and {plot_path}")
     return 0
+
+
+def _note_authors_base_size(*infos: Any) -> None:
+    """The authors' list files are their datasets, which they evaluate at a fixed base size; a list
+    file is evaluated at each image's own size, so say once how to get their protocol."""
+    from pspnet.data.info import get_dataset_info
+
+    for info in infos:
+        name = getattr(info, "name", None)
+        if name in ("voc2012", "cityscapes", "ade20k"):
+            base = get_dataset_info(name).base_size
+            print(
+                f"note: list data is evaluated at each image's own size; the authors' {name} protocol "
+                f"resizes the long side to {base}: add --base-size {base}",
+                file=sys.stderr,
+            )
+            return

@@ -6,12 +6,15 @@ import argparse
 import os
 import sys
 
+from pspnet.config import list_shipped_configs
+
 NAME = "train"
 HELP = "train a model with the paper's recipe from a YAML config (resumable, torchrun-ready)"
 DESCRIPTION = (
     "Trains PSPNet with the authors' recipe (SGD 0.9, wd 1e-4, poly lr, 10x on the new layers, aux 0.4). "
-    "CONFIG is a YAML file or a shipped config name (demo, ade20k_pspnet50, voc2012_pspnet50, "
-    "voc2012_pspnet101, cityscapes_pspnet50, cityscapes_pspnet101). Writes OUT/checkpoints/, OUT/last, "
+    f"CONFIG is a YAML file or a shipped config name ({', '.join(list_shipped_configs())}); the "
+    "paper-size ones start from random weights unless model.backbone_weights names the authors' "
+    "ImageNet ResNet (nothing is downloaded). Writes OUT/checkpoints/, OUT/last, "
     "OUT/metrics.jsonl, OUT/best.safetensors and OUT/model.safetensors. Multi-GPU: "
     "torchrun --nproc_per_node N -m pspnet.cli train ..."
 )

@@ -123,8 +123,10 @@ class ConfusionMatrix:
 
     Args:
         num_classes: C; the matrix is ``(C, C)`` int64.
-        ignore_index: target value never counted (any target outside ``[0, C)`` is skipped too,
-            as in the authors' ``intersectionAndUnion``).
+        ignore_index: target value never counted. Any other target outside ``[0, C)`` is skipped
+            too; the authors' ``intersectionAndUnion`` would still count its prediction in the
+            union (a false positive). ``pspnet eval`` and training refuse such masks up front, so
+            this only matters from Python.
         device: where the counts live; put it next to the predictions to avoid copies.
     """
 

@@ -232,4 +232,15 @@ def build_model(config: TrainConfig, info: Any, is_main: bool) -> nn.Module:
         report = load_init_weights(model, m.init_weights)
         if is_main:
             print(f"init weights {m.init_weights}: {report.summary()}", file=sys.stderr)
+    if is_main and not (m.backbone_weights or m.init_weights) and model.config.depth >= 50:
+        print(_random_start_note(model.config.depth), file=sys.stderr)
     return model
+
+
+def _random_start_note(depth: int) -> str:
+    """Why a paper-size run may land far below the paper: the authors never train from scratch."""
+    return (
+        f"note: the ResNet-{depth} backbone starts from random weights; the authors' recipe (and the "
+        f"paper's numbers) start from ImageNet weights: set model.backbone_weights (e.g. their "
+        f"initmodel/resnet{depth}_v2.pth) or model.init_weights"
+    )
