@@ -10,7 +10,7 @@ import torch
 
 from pspnet import create_model
 from pspnet.errors import InputError
-from pspnet.io.checkpoint import load_model
+from pspnet.io.checkpoint import load_model, save_model
 from pspnet.io.convert import SEMSEG_PREFIXES, convert_checkpoint
 
 
@@ -353,3 +353,14 @@ def test_incomplete_files_and_backbones_are_refused_with_the_right_advice(tmp_pa
         InputError, match=r"resnet50\.pth: an ImageNet classification backbone.*backbone_weights"
     ):
         convert_checkpoint(tmp_path / "resnet50.pth", None)
+    # the same backbone as timm ships it (model.safetensors), and a pspnet model given to convert
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in backbone.items()}, tmp_path / "model.safetensors")
+    with pytest.raises(
+        InputError, match=r"model\.safetensors: an ImageNet classification backbone.*backbone_weights"
+    ):
+        convert_checkpoint(tmp_path / "model.safetensors", None)
+    save_model(create_model("pspnet_tiny", num_classes=3), tmp_path / "ours.safetensors")
+    with pytest.raises(InputError, match=r"ours\.safetensors: already a pspnet model; nothing to convert"):
+        convert_checkpoint(tmp_path / "ours.safetensors", None)

@@ -36,6 +36,7 @@ from pspnet.data.info import DatasetInfo
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import InputError
 from pspnet.io.checkpoint import (
+    FORMAT_NAME,
     LoadReport,
     ReleaseFile,
     SkippedObject,
@@ -341,6 +342,28 @@ def _refuse_backbone(path: Path, state: Mapping[str, Tensor]) -> None:
     )
 
 
+def _refuse_safetensors(path: Path) -> None:
+    """No release is a safetensors file: say what this one is (a pspnet model needs no conversion;
+    an ImageNet backbone, e.g. timm's ``model.safetensors``, goes to ``model.backbone_weights``).
+    Anything else falls through to the torch reader's one-line refusal."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("format") == FORMAT_NAME:
+                raise InputError(
+                    f"{path}: already a pspnet model; nothing to convert (use it as it is: --model, "
+                    "pspnet.load_model)"
+                )
+            names = list(handle.keys())  # a safe_open handle is not iterable
+            state = {key: handle.get_tensor(key) for key in names}
+    except InputError:
+        raise
+    except Exception:  # not a readable safetensors file: the torch reader explains
+        return
+    _refuse_backbone(path, state)
+
+
 def _reader(source: str) -> SourceReader:
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; supported: {', '.join(['auto', *SOURCES])}")
@@ -432,6 +455,8 @@ def convert_checkpoint(
         raise InputError(f"{src}: no such file")
     if dst is not None:
         _check_destination(src, Path(dst))
+    if src.suffix.lower() == ".safetensors":
+        _refuse_safetensors(src)
     with _each_file_read_once():
         source = detect_source(src) if source == "auto" else source
         imported = _reader(source)(src, tuple(bins))
