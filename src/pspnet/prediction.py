@@ -24,7 +24,7 @@ from torch import nn
 
 from pspnet.data.imageio import read_image
 from pspnet.engine.inference import predict_probs
-from pspnet.errors import InputError
+from pspnet.errors import DataError, InputError
 
 __all__ = ["Prediction", "as_rgb_uint8", "load_image", "predict"]
 
@@ -137,7 +137,7 @@ def predict(
 
     Raises:
         InputError: bad arguments or image array, or an image too small for ``mode="whole"``.
-        DataError: unreadable, truncated or oversized image file (the message names it).
+        DataError: unreadable, truncated or oversized image file, or a folder (the message names it).
     """
     if isinstance(model, (str, os.PathLike)):
         from pspnet.io.checkpoint import open_model
@@ -155,6 +155,10 @@ def predict(
     source = None
     if isinstance(image, (str, os.PathLike)):
         source = image
+        if os.path.isdir(image):
+            raise DataError(
+                f"{image}: is a folder, not an image file (pspnet predict on the command line takes folders)"
+            )
         image = load_image(image)
     else:
         image = as_rgb_uint8(image)
@@ -176,7 +180,12 @@ def predict(
         raise
     except ValueError as exc:  # the network refused the input, e.g. smaller than its minimum size
         where = f"{source}: " if source is not None else ""
-        hint = "; mode='slide' pads small images to the crop size" if mode == "whole" else ""
+        hint = (  # read by Python and command-line users alike (pspnet predict reuses it)
+            "; use the slide mode (mode='slide' in Python, --mode slide on the command line), which pads "
+            "small images to the crop size"
+            if mode == "whole"
+            else ""
+        )
         raise InputError(f"{where}{exc}{hint}") from exc
     confidence, labels = probs.max(dim=0)
     dtype = np.uint8 if probs.shape[0] <= 256 else np.int32

@@ -219,7 +219,7 @@ def test_out_of_range_labels_and_size_mismatch_raise(trees) -> None:
     with pytest.raises(DataError, match=r"a\.png: label values 7 \(480 px\) outside \[0, 3\)"):
         open_dataset(root, num_classes=3).load_raw(0)
     trees.write_mask(root / "masks" / "a.png", trees.quadrants((0, 1, 1, 0), h=20))
-    with pytest.raises(DataError, match=r"a\.png: mask is 48x20 but image .*a\.png is 48x40"):
+    with pytest.raises(DataError, match=r"a\.png: mask is 48x20 but the image .*a\.png is 48x40"):
         open_dataset(root, num_classes=3).load_raw(0)
 
 
@@ -448,3 +448,86 @@ def test_list_kept_apart_from_the_data_finds_classes_in_the_data_root(tmp_path) 
     assert dataset.info.class_names == ("x", "y", "z")
     (lists / "classes.txt").write_text("p\nq\nr\ns\n")  # one beside the list file comes first
     assert open_dataset(lists / "train.txt", "list", data_root=data).info.num_classes == 4
+
+
+_APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(200)
+
+
+def test_hidden_files_are_not_data_in_folder_ade20k_and_cityscapes_layouts(trees) -> None:
+    """A folder copied from a Mac holds '._x.jpg' / '._x.png' metadata beside every file, and a
+    '.DS_Store': they were paired as images and masks and the whole dataset was refused."""
+    folder, ade, city = trees.folder(), trees.ade20k(), trees.cityscapes()
+    for images, masks in [
+        (folder / "images", folder / "masks"),
+        (ade / "images" / "training", ade / "annotations" / "training"),
+    ]:
+        for path in sorted(images.iterdir()):
+            (images / f"._{path.name}").write_bytes(_APPLEDOUBLE)
+            (masks / f"._{path.stem}.png").write_bytes(_APPLEDOUBLE)
+        (images / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(64))
+    aachen = city / "leftImg8bit" / "train" / "aachen"
+    (aachen / "._aachen_000000_000019_leftImg8bit.png").write_bytes(_APPLEDOUBLE)
+    (city / "gtFine" / "train" / "aachen" / "._aachen_000000_000019_gtFine_labelIds.png").write_bytes(
+        _APPLEDOUBLE
+    )
+
+    ds = open_dataset(folder, num_classes=3)  # strict: any problem would raise
+    assert [s.name for s in ds.samples] == ["a", "b", "c"]
+    assert len(ds.notes) == 1
+    assert "skipped 6 hidden file(s)" in ds.notes[0] and "3 in " + str(folder / "images") in ds.notes[0]
+    ade_ds = open_dataset(ade, split="train")
+    assert [s.name for s in ade_ds.samples] == ["ADE_train_00000001", "ADE_train_00000002"]
+    assert "skipped 4 hidden file(s)" in ade_ds.notes[0]
+    city_ds = open_dataset(city, split="train")
+    assert [s.name for s in city_ds.samples] == ["aachen_000000_000019", "bremen_000001_000019"]
+    assert "skipped 1 hidden file(s)" in city_ds.notes[0]
+    assert open_dataset(trees.folder("clean"), num_classes=3).notes == []
+
+
+def test_size_mismatch_from_exif_rotation_names_the_cause(trees) -> None:
+    """A phone photo stored 80x48 with orientation 6 is read 48x80, as shown; a mask drawn on
+    the stored pixels is 80x48, and both files look 80x48 in a file browser."""
+    root = trees.base / "phone"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    trees.write_rgb(root / "images" / "wide.jpg", trees.random_image(0, 48, 80), exif=exif, quality=95)
+    trees.write_mask(root / "masks" / "wide.png", np.zeros((48, 80), np.uint8))
+    with pytest.raises(DataError) as info:
+        open_dataset(root, num_classes=2).load_raw(0)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'masks' / 'wide.png'}: mask is 80x48 but the image ")
+    assert "is 48x80: it is stored 80x48 and shown 48x80 after its EXIF orientation 6" in message
+    assert "masks must match the image as shown" in message and "strip the orientation tag" in message
+    trees.write_mask(root / "masks" / "wide.png", np.zeros((40, 80), np.uint8))  # not the rotation
+    with pytest.raises(
+        DataError, match=r"mask is 80x40 but the image .* is 48x80; masks must have the image's size"
+    ):
+        open_dataset(root, num_classes=2).load_raw(0)
+
+
+def test_list_file_paths_with_spaces_need_a_tab(trees) -> None:
+    root = trees.base / "spaced"
+    image = trees.write_rgb(root / "my images" / "a.png", trees.random_image(0))
+    trees.write_mask(root / "my masks" / "a.png", trees.quadrants((0, 1, 1, 0)))
+    lst = root / "val.txt"
+    lst.write_text("my images/a.png my masks/a.png\n")
+    with pytest.raises(DataError, match=r"val\.txt:1: expected .*got 4 field\(s\).*needs a TAB between"):
+        open_dataset(lst, "list", num_classes=2)
+    lst.write_text("my images/a.png\tmy masks/a.png \n\n")  # TAB-separated, trailing space
+    ds = open_dataset(lst, "list", num_classes=2)
+    assert ds.samples == [Sample(image, root / "my masks" / "a.png", "a")]
+    assert _quadrant_values(ds.load_raw(0)[1]) == (0, 1, 1, 0)
+    lst.write_text("my images/a.png\tmy masks/a.png\textra.png\n")
+    with pytest.raises(DataError, match=r"val\.txt:1: expected 'image_path mask_path', got 3 field\(s\)"):
+        open_dataset(lst, "list", num_classes=2)
+
+
+def test_jfif_and_gif_images_pair_with_masks(trees) -> None:
+    root = trees.base / "mixed"
+    trees.write_rgb(root / "images" / "a.jfif", trees.random_image(0), format="JPEG")
+    trees.write_rgb(root / "images" / "b.gif", trees.random_image(1))
+    for stem in ("a", "b"):
+        trees.write_mask(root / "masks" / f"{stem}.png", trees.quadrants((0, 1, 1, 0)))
+    ds = open_dataset(root, num_classes=2)
+    assert [s.image.name for s in ds.samples] == ["a.jfif", "b.gif"]
+    assert ds.load_raw(1)[0].shape == (40, 48, 3)

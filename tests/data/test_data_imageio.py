@@ -199,3 +199,115 @@ def test_a_jpeg_without_its_end_marker_gets_the_full_decode_even_without_check_c
     assert read_image(good).shape == (64, 64, 3)
     assert read_image(trailing).shape == (64, 64, 3)
     assert full_decodes == ["cut.jpg", "trailing.jpg"]
+
+
+# ----------------------------------------------------------------------------- orientation per format
+
+_SHOWN = np.random.default_rng(5).integers(0, 256, (6, 10, 3), dtype=np.uint8)  # as viewers show it
+
+
+def _stored_grid(shown: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores so that the tag ``orientation`` displays ``shown`` (EXIF spec,
+    written by hand: the inverse of each display transform)."""
+    inverse = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # mirrored: its own inverse
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),  # transposed: its own inverse
+        6: lambda a: np.rot90(a, 1),  # shown = stored turned clockwise, so store it turned back
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, -1),
+    }
+    return np.ascontiguousarray(inverse[orientation](shown))
+
+
+def _tagged(path: Path, orientation: int, **save: object) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_stored_grid(_SHOWN, orientation)).save(path, exif=exif, **save)
+    return path
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+@pytest.mark.parametrize(
+    ("suffix", "save"),
+    [(".tif", {}), (".tif", {"compression": "tiff_lzw"}), (".webp", {"lossless": True}), (".png", {})],
+    ids=["tiff", "tiff-lzw", "webp", "png"],
+)
+def test_orientation_is_applied_exactly_once_in_every_format(
+    tmp_path: Path, suffix: str, save: dict[str, object], orientation: int
+) -> None:
+    """OpenCV 5's TIFF decoder applies the tag itself (even with IMREAD_UNCHANGED): a TIFF came out
+    rotated twice. Every format must give the image as viewers show it."""
+    path = _tagged(tmp_path / f"o{orientation}{suffix}", orientation, **save)
+    np.testing.assert_array_equal(read_image(path), _SHOWN)
+    # what viewers show, per Pillow (for RGB files; see the grey test for a Pillow TIFF bug)
+    np.testing.assert_array_equal(read_image(path), np.array(ImageOps.exif_transpose(Image.open(path))))
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_orientation_of_grey_and_16_bit_tiffs(tmp_path: Path, orientation: int) -> None:
+    """Grey TIFFs too (Pillow 13 itself misreads uncompressed grey TIFFs tagged 5-8, so the
+    expectation is built by hand), and 16-bit ones, scaled to 8 bits."""
+    grey = _SHOWN[..., 0]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_stored_grid(grey, orientation)).save(tmp_path / "g.tif", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "g.tif"), np.stack([grey] * 3, axis=-1))
+    deep = _stored_grid(grey, orientation).astype(np.uint16) * 257  # high byte = the 8-bit value
+    Image.fromarray(deep).save(tmp_path / "d.tif", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "d.tif"), np.stack([grey] * 3, axis=-1))
+
+
+def test_big_endian_tiff_orientation(tmp_path: Path) -> None:
+    """The tag is neutralised in the file's byte order ("MM" TIFFs are written by some scanners)."""
+    stored = _stored_grid(_SHOWN, 6)
+    h, w = stored.shape[:2]
+    entries = [  # tag, type (3 SHORT, 4 LONG), value; uncompressed RGB, one strip
+        (256, 3, w), (257, 3, h), (258, 3, 8), (259, 3, 1), (262, 3, 2), (273, 4, 0), (274, 3, 6),
+        (277, 3, 3), (278, 3, h), (279, 4, h * w * 3),
+    ]  # fmt: skip
+    pixels_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = len(entries).to_bytes(2, "big")
+    for tag, kind, value in entries:
+        value = pixels_at if tag == 273 else value
+        field = value.to_bytes(2, "big") + b"\0\0" if kind == 3 else value.to_bytes(4, "big")
+        ifd += tag.to_bytes(2, "big") + kind.to_bytes(2, "big") + (1).to_bytes(4, "big") + field
+    path = tmp_path / "mm.tif"
+    path.write_bytes(b"MM\0\x2a" + (8).to_bytes(4, "big") + ifd + bytes(4) + stored.tobytes())
+    assert Image.open(path).getexif()[0x0112] == 6  # the file is what it claims
+    np.testing.assert_array_equal(read_image(path), _SHOWN)
+
+
+def test_gif_jfif_and_jpe_are_images(tmp_path: Path) -> None:
+    """Windows and browsers save JPEGs as .jfif; a GIF gives its first frame (Pillow decodes GIFs:
+    OpenCV reads them only in recent versions)."""
+    assert {".gif", ".jfif", ".jpe"} <= set(imageio.IMAGE_EXTENSIONS)
+    first, second = _pattern(16, 24), 255 - _pattern(16, 24)
+    Image.fromarray(first).save(tmp_path / "anim.gif", save_all=True, append_images=[Image.fromarray(second)])
+    expected = np.array(Image.open(tmp_path / "anim.gif").convert("RGB"))  # frame 0, GIF-quantised
+    np.testing.assert_array_equal(read_image(tmp_path / "anim.gif"), expected)
+    for name in ("download.jfif", "old.jpe"):
+        Image.fromarray(first).save(tmp_path / name, format="JPEG", quality=95)
+        pillow = np.array(Image.open(tmp_path / name).convert("RGB")).astype(int)  # another JPEG decoder
+        assert np.abs(read_image(tmp_path / name).astype(int) - pillow).max() <= 2
+
+
+def test_macos_appledouble_file_is_named_with_the_fix(tmp_path: Path) -> None:
+    folder = tmp_path / "from a mac"
+    folder.mkdir()
+    path = folder / "._photo.jpg"
+    path.write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(200))
+    for reader in (read_image, read_mask):
+        with pytest.raises(
+            DataError, match=r"\._photo\.jpg: macOS metadata file \(AppleDouble\), not an image"
+        ) as info:
+            reader(path)
+        assert f"find '{folder}' -name '._*' -delete" in str(info.value)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "shots.png").mkdir()
+    with pytest.raises(DataError, match=r"shots\.png: is a folder, not an image file"):
+        read_image(tmp_path / "shots.png")

@@ -67,7 +67,8 @@ def test_broken_dataset_reports_every_problem(trees) -> None:
     by_file = {Path(p).name: m for p, m in report.problems}
     assert "no mask with stem 'orphan'" in by_file["orphan.png"]
     assert f"9 ({Q} px)" in by_file["badvalue.png"] and "outside [0, 2)" in by_file["badvalue.png"]
-    assert "mask is 48x20 but the image is 48x40" in by_file["small.png"]
+    assert "mask is 48x20 but the image " in by_file["small.png"]
+    assert "small.png is 48x40; masks must have the image's size" in by_file["small.png"]
     assert "RGB colour mask" in by_file["colour.png"]
     assert "not a readable image" in by_file["cutimage.jpg"]
     assert len(report.problems) == 5
@@ -208,3 +209,43 @@ def test_cli_list_split_is_refused(trees, capsys) -> None:
     assert main(argv) == 0
     assert main([*argv, "--split", "val"]) == 2
     assert "the list file is the split" in capsys.readouterr().err
+
+
+def test_exif_rotated_images_get_a_note_and_a_size_mismatch_with_its_cause(
+    trees, tmp_path: Path, capsys
+) -> None:
+    """A square photo with a rotation tag and a mask drawn on its stored pixels cannot be caught by
+    size: the report says that tagged images exist and how their masks must be drawn."""
+    root = trees.base / "phone"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, (h, w) in {"square": (48, 48), "wide": (48, 80)}.items():
+        trees.write_rgb(root / "images" / f"{name}.jpg", trees.random_image(0, h, w), exif=exif, quality=95)
+        trees.write_mask(root / "masks" / f"{name}.png", np.zeros((h, w), np.uint8))  # stored grid
+    trees.write_rgb(root / "images" / "plain.png", trees.random_image(1))
+    trees.write_mask(root / "masks" / "plain.png", np.zeros((H, W), np.uint8))
+    report = verify_dataset(open_dataset(root, num_classes=2), progress=False)
+    assert [Path(p).name for p, _ in report.problems] == ["wide.png"]
+    assert "stored 80x48 and shown 48x80 after its EXIF orientation 6" in report.problems[0][1]
+    assert len(report.notes) == 1
+    assert report.notes[0].startswith("2 image(s) carry an EXIF orientation tag (e.g. ")
+    assert "masks must be drawn on the image as shown" in report.notes[0]
+    out = tmp_path / "r.json"
+    assert main(["verify-dataset", str(root), "--num-classes", "2", "--json", str(out), "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    summary = next(i for i, line in enumerate(lines) if line.startswith("dataset phone at "))
+    assert lines[summary + 1] == f"note: {report.notes[0]}"
+    assert json.loads(out.read_text())["notes"] == report.notes
+
+
+def test_skipped_hidden_files_are_counted_in_the_report(trees, capsys) -> None:
+    root = trees.folder()
+    for stem in ("a", "b"):
+        (root / "images" / f"._{stem}.png").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
+        (root / "masks" / f"._{stem}.png").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
+    assert main(["verify-dataset", str(root), "--num-classes", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 problem(s)" in out
+    assert "note: skipped 4 hidden file(s) with image suffixes (2 in " in out
+    report = verify_dataset(open_dataset(root, num_classes=3), progress=False)
+    assert report.ok and len(report.notes) == 1  # no rotation note: no image carries a tag

@@ -471,3 +471,148 @@ def test_eval_of_a_list_names_the_authors_base_size_when_the_model_is_theirs(
             assert main([*argv, *base]) == 0
             noted = "the authors' voc2012 protocol resizes the long side to 512: add --base-size 512"
             assert (noted in capsys.readouterr().err) is (name == "voc" and not base)
+
+
+def _rgb_copy(grey: Path, rgb: Path, masks: dict[str, np.ndarray]) -> None:
+    """The same dataset with its masks saved as RGB colour masks in VOC's colours (void: cream)."""
+    colours = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 255: (224, 224, 192)}
+    (rgb / "masks").mkdir(parents=True)
+    (rgb / "images").symlink_to(grey / "images")
+    (rgb / "classes.txt").write_text((grey / "classes.txt").read_text())
+    for stem, mask in masks.items():
+        coloured = np.zeros((*mask.shape, 3), dtype=np.uint8)
+        for value, colour in colours.items():
+            coloured[mask == value] = colour
+        Image.fromarray(coloured).save(rgb / "masks" / f"{stem}.png")
+
+
+def test_eval_command_reads_rgb_colour_masks_with_mask_palette(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dataset of colour masks that verify-dataset and training accept is scored by eval too,
+    exactly as the same masks saved as ids; the option is checked before the model is opened."""
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model_path = save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "m.safetensors")
+    rng = np.random.default_rng(11)
+    masks = {
+        s: rng.integers(0, 4, (h, w)).astype(np.uint8) for s, (h, w) in {"a": (30, 41), "b": (27, 20)}.items()
+    }
+    for mask in masks.values():
+        mask[-2:] = 255
+    _write_pairs(tmp_path / "grey", masks, seed=12)
+    _rgb_copy(tmp_path / "grey", tmp_path / "rgb", masks)
+    expected = _confusion_from_predict(model_path, tmp_path / "grey", masks, ignore=255)
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_path), "--data", str(tmp_path / "rgb"), "--device", "cpu"]
+    assert main([*argv, "--no-progress", "--out", str(out), "--mask-palette", "voc2012"]) == 0
+    assert np.array_equal(np.array(json.loads((out / "metrics.json").read_text())["confusion"]), expected)
+    capsys.readouterr()
+
+    assert main([*argv, "--no-progress"]) == 2  # colour masks without a palette: refused by name
+    assert "looks like an RGB colour mask" in capsys.readouterr().err
+    verify = ["verify-dataset", str(tmp_path / "rgb"), "--split", "val", "--no-progress"]
+    assert main([*verify, "--mask-palette", "voc2012"]) == 0  # the same option, shared
+    capsys.readouterr()
+
+    missing = ["eval", "--model", str(tmp_path / "missing.safetensors"), "--data", str(tmp_path / "rgb")]
+    for name, message in [
+        ("vocx", "--mask-palette vocx: no such palette; choose one of cityscapes, context_demo, voc2012"),
+        ("ade20k", "--mask-palette ade20k: the ade20k palette gives ids"),  # two ids share a colour
+    ]:
+        assert main([*missing, "--mask-palette", name]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_class_names_note_names_the_first_difference_and_counts_them() -> None:
+    from pspnet.engine.evaluate import class_names_note
+
+    note = class_names_note(("e", "d", "c", "b", "a"), tuple("abcde"), "data/classes.txt")
+    assert note == (
+        "note: data/classes.txt lists class 0 as 'e' but the model calls it 'a' (4 of 5 names differ); "
+        "the table uses the dataset's names; check that the masks use the model's class order"
+    )
+    assert "class 2 as 'x'" in (class_names_note(("a", "b", "x"), ("a", "b", "c")) or "")
+    assert class_names_note(tuple("abc"), tuple("abc")) is None
+    assert class_names_note(("class_0", "class_1"), ("a", "b")) is None  # nothing known: no claim
+    assert class_names_note(("a", "b"), ("class_0", "class_1")) is None
+    assert class_names_note(("a", "b"), ("a", "b", "c")) is None  # a count mismatch is refused elsewhere
+
+
+def test_eval_command_notes_dataset_class_names_that_contradict_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same class count, other names (a sorted classes.txt): one note naming the file; the table
+    keeps the dataset's names. Same names, or generic names on either side: no note."""
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    named = create_model("pspnet_tiny", num_classes=4).eval()
+    named.dataset_info = DatasetInfo("m", NAMES, default_palette(4), crop_size=33, base_size=64)
+    models = {
+        "named": save_model(named, tmp_path / "named.safetensors"),
+        "bare": save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "bare.safetensors"),
+    }
+    masks = {"a": np.random.default_rng(2).integers(0, 4, (24, 30)).astype(np.uint8)}
+    data = tmp_path / "data"
+    _write_pairs(data, masks, seed=3)
+
+    def run(model: str, *extra: str) -> tuple[str, str]:
+        argv = [
+            "eval",
+            "--model",
+            str(models[model]),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+        assert main([*argv, *extra]) == 0
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    sorted_names = sorted(NAMES)  # boat, car, road, sky: every position differs from NAMES
+    (data / "classes.txt").write_text("\n".join(sorted_names) + "\n")
+    out, err = run("named")
+    assert err == (
+        f"note: {data / 'classes.txt'} lists class 0 as 'boat' but the model calls it 'sky' (4 of 4 names "
+        "differ); the table uses the dataset's names; check that the masks use the model's class order\n"
+    )
+    assert out.splitlines()[1].split()[:2] == ["0", "boat"]
+
+    (data / "val.txt").write_text("images/a.png masks/a.png\n")  # a list file: the same file is named
+    assert f"note: {data / 'classes.txt'} lists class 0" in run("named", "--data", str(data / "val.txt"))[1]
+
+    assert run("bare")[1] == ""  # the model knows no names
+    (data / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    assert run("named")[1] == ""  # the same names
+    (data / "classes.txt").unlink()
+    out, err = run("named")
+    assert err == "" and out.splitlines()[1].split()[:2] == ["0", "sky"]  # no names: the model's
+
+
+def test_eval_command_says_when_it_replaces_earlier_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model_path = save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "m.safetensors")
+    _write_pairs(tmp_path / "data", {"a": np.zeros((20, 24), dtype=np.uint8)}, seed=1)
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_path), "--data", str(tmp_path / "data"), "--out", str(out)]
+
+    def wrote() -> str:
+        assert main([*argv, "--device", "cpu", "--no-progress"]) == 0
+        return capsys.readouterr().out.splitlines()[-1]
+
+    assert wrote() == f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}"
+    assert wrote().endswith("confusion.png (replaced the old files)")
+    (out / "confusion.png").unlink()
+    assert wrote().endswith("confusion.png (replaced the old file)")

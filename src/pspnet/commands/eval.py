@@ -10,7 +10,9 @@ from typing import Any
 
 from pspnet.commands._options import (
     add_inference_arguments,
+    add_mask_palette_argument,
     check_inference_options,
+    check_mask_palette,
     check_output_dir,
     resolve_amp_argument,
     resolve_device_argument,
@@ -63,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label value not scored, for folder and list datasets "
         "(default 255; the authors' layouts use 255)",
     )
+    add_mask_palette_argument(parser)
     add_inference_arguments(
         parser,
         crop_help="sliding-window crop in pixels (default: the crop recorded in the model file, else the "
@@ -88,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pspnet.data.datasets import open_dataset
-    from pspnet.engine.evaluate import evaluate, protocol_base_size
+    from pspnet.engine.evaluate import class_names_note, evaluate, protocol_base_size
     from pspnet.errors import InputError
     from pspnet.io.checkpoint import open_model
     from pspnet.models.stride import at_output_stride
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     # Every option is checked before the model and the data are loaded (and long before the
     # results are written), so a mistake costs nothing and is reported as the option's.
     check_inference_options(args)
+    check_mask_palette(args.mask_palette)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     device = resolve_device_argument(args.device, args.model)
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=model.num_classes,
         ignore_index=args.ignore_index,
         data_root=args.data_root,
+        mask_palette=args.mask_palette,
     )
     model_info = model.dataset_info
     generic = all(name == f"class_{i}" for i, name in enumerate(dataset.info.class_names))
@@ -128,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
         dataset.info = dataclasses.replace(
             model_info, ignore_index=dataset.info.ignore_index, name=dataset.info.name
         )
+    elif model_info is not None:
+        source = _class_names_source(dataset, args.data_root)
+        note = class_names_note(dataset.info.class_names, model_info.class_names, source)
+        if note is not None:
+            print(note, file=sys.stderr)
     base_size = args.base_size if args.base_size is not None else protocol_base_size(dataset)
     if base_size is None and is_list:
         _note_authors_base_size(dataset.info, model_info)
@@ -156,10 +166,32 @@ def run(args: argparse.Namespace) -> int:
         result.settings["output_stride"] = args.output_stride
     print(result.format_table())
     if args.out is not None:
-        json_path = result.to_json(args.out / "metrics.json")
-        plot_path = result.save_confusion_plot(args.out / "confusion.png")
-        print(f"wrote {json_path} and {plot_path}")
+        targets = (args.out / "metrics.json", args.out / "confusion.png")
+        replaced = sum(path.exists() for path in targets)
+        json_path = result.to_json(targets[0])
+        plot_path = result.save_confusion_plot(targets[1])
+        said = {0: "", 1: " (replaced the old file)", 2: " (replaced the old files)"}[replaced]
+        print(f"wrote {json_path} and {plot_path}{said}")
     return 0
+
+
+def _class_names_source(dataset: Any, data_root: Path | None) -> str:
+    """Where ``open_dataset`` found the dataset's class names, for a message: the label-space file
+    of a folder or list dataset (dataset.json or classes.txt), else the authors' layout itself."""
+    from pspnet.data.datasets import _label_space_file
+
+    root = Path(dataset.root)
+    if dataset.kind == "folder":
+        folders = [root]
+    elif dataset.kind == "list":  # beside the list file first, then in the data root
+        folders = [root.parent, Path(data_root) if data_root is not None else root.parent]
+    else:
+        return f"the {dataset.kind} layout"
+    for folder in folders:
+        found = _label_space_file(folder)
+        if found is not None:
+            return str(found[0])
+    return f"the dataset {root}"
 
 
 def _note_authors_base_size(*infos: Any) -> None:

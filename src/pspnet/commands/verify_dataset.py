@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pspnet.commands._options import check_output_file
+from pspnet.commands._options import add_mask_palette_argument, check_output_file
 from pspnet.data.datasets import DATASET_KINDS, open_dataset
-from pspnet.data.info import DATASETS, colour_mask_palette, get_dataset_info
+from pspnet.data.info import DATASETS, get_dataset_info
 from pspnet.data.verify import verify_dataset
 from pspnet.errors import InputError
 
@@ -25,17 +25,8 @@ DESCRIPTION = (
 )
 
 
-def _has_colour_palette(name: str) -> bool:
-    try:
-        colour_mask_palette(name)
-    except ValueError:  # a palette that repeats a colour cannot map colours back to ids
-        return False
-    return True
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = ", ".join(sorted(DATASETS))
-    palettes = ", ".join(name for name in sorted(DATASETS) if _has_colour_palette(name))
     parser.add_argument("root", help="dataset folder (or list file for --kind list)")
     parser.add_argument(
         "--kind", default="auto", choices=DATASET_KINDS, help="dataset layout (default: detect)"
@@ -53,13 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="label value that is not scored (default 255; only folder/list datasets may change it)",
     )
-    parser.add_argument(
-        "--mask-palette",
-        default=None,
-        metavar="NAME",
-        help=f"read RGB colour masks with this dataset's colours ({palettes}; voc2012 maps VOC's void "
-        f"border colour to 255)",
-    )
+    add_mask_palette_argument(parser)
     parser.add_argument("--data-root", default=None, help="base folder of the paths in a list file")
     parser.add_argument("--max-files", type=int, default=None, help="check only the first N pairs")
     parser.add_argument(

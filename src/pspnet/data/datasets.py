@@ -23,13 +23,19 @@ Layouts (``open_dataset(root, kind=...)``):
   and the named label space describe different datasets); the same count with other names only
   warns (``info=`` wins: it is the label space the caller asked for).
 * ``list``: ``root`` is a text file, one ``"image_path mask_path"`` per line (the authors' format),
-  relative to ``data_root`` (default: the list file's folder). Relative paths may not climb out of
-  ``data_root`` with ``..``; absolute paths are taken as given. The list file *is* the split: open
+  relative to ``data_root`` (default: the list file's folder); paths that contain spaces need a
+  TAB between the two (a line with a TAB is split at TABs only). Relative paths may not climb out
+  of ``data_root`` with ``..``; absolute paths are taken as given. The list file *is* the split: open
   the validation list as its own dataset (``split`` must stay ``"train"``). ``dataset.json`` /
   ``classes.txt`` are looked up beside the list file, then in ``data_root``.
 
 The ignore label is 255 for the public layouts (their void pixels are mapped to it); folder and
 list datasets may choose another (``ignore_index=``), which becomes ``dataset.info.ignore_index``.
+
+Hidden files (names starting with ``.``) are never taken from a folder: the ``._name`` files that
+macOS writes beside every file copied to a USB stick, an SMB share or a zip are metadata with the
+data file's suffix, and ``.DS_Store`` is not data either. Their count is kept in
+``dataset.notes`` (``verify-dataset`` prints it).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pspnet.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_image, read_mask
+from pspnet.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, image_orientation, read_image, read_mask
 from pspnet.data.info import (
     ADE20K,
     CITYSCAPES,
@@ -71,6 +77,7 @@ __all__ = [
     "cityscapes_lut",
     "detect_kind",
     "open_dataset",
+    "size_mismatch_message",
 ]
 
 DATASET_KINDS = ("auto", "voc2012", "cityscapes", "ade20k", "folder", "list")
@@ -88,6 +95,8 @@ _MAX_IGNORE_INDEX = 65535
 _MAPPED_KINDS = ("voc2012", "cityscapes", "ade20k")
 
 _MAX_LISTED = 5
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that exchange width and height
 
 
 @dataclass(frozen=True)
@@ -178,14 +187,49 @@ def bad_label_message(
     return f"label values {shown}{more}{where} outside [0, {num_classes}) and not the ignore value {ignore}"
 
 
+def size_mismatch_message(mask_shape: Sequence[int], image_shape: Sequence[int], image: Path | str) -> str:
+    """``"mask is WxH but the image <image> is W'xH'"`` plus the cause when EXIF rotation explains it.
+
+    Images are read as viewers show them, their EXIF orientation applied; masks never are. A
+    mask drawn on the stored (unrotated) pixels of a sideways phone photo then has the image's
+    sides swapped, while both files look the same size in every file browser: the message says so.
+    """
+    mh, mw, ih, iw = int(mask_shape[0]), int(mask_shape[1]), int(image_shape[0]), int(image_shape[1])
+    message = f"mask is {mw}x{mh} but the image {image} is {iw}x{ih}"
+    if (mh, mw) == (iw, ih):
+        orientation = image_orientation(image)
+        if orientation in _SWAPPING_ORIENTATIONS:
+            return (
+                f"{message}: it is stored {mw}x{mh} and shown {iw}x{ih} after its EXIF "
+                f"orientation {orientation}; masks must match the image as shown (rotate the mask), or "
+                f"strip the orientation tag from the image"
+            )
+    return f"{message}; masks must have the image's size"
+
+
 class _Problems:
     """Collects layout problems (missing pairs, duplicates) so they can be raised together or reported."""
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.hidden: dict[Path, int] = {}  # folder -> hidden files with a data suffix, not taken
 
     def add(self, path: Path | str, message: str) -> None:
         self.items.append((str(path), message))
+
+    def skip_hidden(self, path: Path) -> None:
+        self.hidden[path.parent] = self.hidden.get(path.parent, 0) + 1
+
+    def notes(self) -> list[str]:
+        if not self.hidden:
+            return []
+        where = ", ".join(f"{n} in {folder}" for folder, n in list(self.hidden.items())[:_MAX_LISTED])
+        more = f" and {len(self.hidden) - _MAX_LISTED} more folders" if len(self.hidden) > _MAX_LISTED else ""
+        return [
+            f"skipped {sum(self.hidden.values())} hidden file(s) with image suffixes ({where}{more}): names "
+            f"starting with '.', such as the '._*' metadata files macOS writes beside copied files, are "
+            f"never data"
+        ]
 
     def raise_if_any(self, what: str) -> None:
         if not self.items:
@@ -211,6 +255,7 @@ class SegmentationDataset(Dataset):
         mask_palette: RGB colour per class id, to accept colour masks (``read_mask(palette=)``).
         root: where the dataset lives (for messages).
         problems: layout problems found while listing (kept when not strict; see verify).
+        notes: remarks on the listing that are not problems (hidden files skipped), for reports.
         kind: the layout it was read from (``open_dataset``'s kinds; ``"custom"`` when built by
             hand). The evaluation protocol depends on it, not on the label space's name: a folder
             named ``cityscapes`` is still a folder dataset.
@@ -228,6 +273,7 @@ class SegmentationDataset(Dataset):
         mask_palette: Sequence[Sequence[int]] | None = None,
         root: Path | None = None,
         problems: Sequence[tuple[str, str]] = (),
+        notes: Sequence[str] = (),
         kind: str = "custom",
     ) -> None:
         if seed < 0:
@@ -241,6 +287,7 @@ class SegmentationDataset(Dataset):
         self.mask_palette = mask_palette
         self.root = root
         self.problems = list(problems)
+        self.notes = list(notes)
         self.kind = kind
         self.epoch = 0
         self._table8 = _uint8_table(label_map, info.ignore_index)
@@ -285,10 +332,7 @@ class SegmentationDataset(Dataset):
         if raw is None:
             return image, None
         if raw.shape != image.shape[:2]:
-            raise DataError(
-                f"{sample.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {sample.image} is "
-                f"{image.shape[1]}x{image.shape[0]}; masks must have the image's size"
-            )
+            raise DataError(f"{sample.mask}: {size_mismatch_message(raw.shape, image.shape, sample.image)}")
         num_classes, ignore = self.info.num_classes, self.info.ignore_index
         if raw.dtype == np.uint8 and self._table8 is not None:
             mask = cv2.LUT(raw, self._table8)
@@ -328,6 +372,9 @@ def _files_by_stem(folder: Path, extensions: Sequence[str], problems: _Problems)
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.suffix.lower() not in extensions:
+            continue
+        if path.name.startswith("."):  # macOS '._x.jpg' metadata and the like (module docstring)
+            problems.skip_hidden(path)
             continue
         if path.stem in found:
             problems.add(path, f"duplicate stem {path.stem!r} (also {found[path.stem].name}); keep one file")
@@ -390,6 +437,9 @@ def _cityscapes_samples(root: Path, split: str, problems: _Problems) -> list[Sam
         raise DataError(f"{image_dir}: Cityscapes split folder not found (splits: train, val, test)")
     samples = []
     for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+        if image.name.startswith(".") or image.parent.name.startswith("."):
+            problems.skip_hidden(image)
+            continue
         name = image.name[: -len("_leftImg8bit.png")]
         mask = gt_dir / image.parent.name / f"{name}_gtFine_labelIds.png"
         if mask.is_file():
@@ -422,7 +472,7 @@ def _paired_folders(image_dir: Path, mask_dir: Path, problems: _Problems) -> lis
 
 
 def _lossy_note(path: Path) -> str:
-    if path.suffix.lower() in (".jpg", ".jpeg"):
+    if path.suffix.lower() in _JPEG_SUFFIXES:
         return "is a JPEG, whose lossy compression changes label values along every edge"
     return f"has suffix {path.suffix}, not a lossless mask format ({', '.join(MASK_EXTENSIONS)})"
 
@@ -451,12 +501,16 @@ def _list_samples(list_file: Path, data_root: Path, problems: _Problems) -> list
     base = data_root.resolve()
     samples = []
     for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
+        parts = _list_fields(line)
         if not parts:
             continue
         if len(parts) != 2:
+            hint = ""
+            if len(parts) > 2 and "\t" not in line:
+                hint = "; a path with spaces needs a TAB between the image and the mask path (or rename it)"
             raise DataError(
-                f"{list_file}:{number}: expected 'image_path mask_path', got {len(parts)} field(s): {line!r}"
+                f"{list_file}:{number}: expected 'image_path mask_path', got {len(parts)} field(s): "
+                f"{line!r}{hint}"
             )
         paths = []
         for field_text in parts:
@@ -474,6 +528,16 @@ def _list_samples(list_file: Path, data_root: Path, problems: _Problems) -> list
         if not missing:
             samples.append(Sample(paths[0], paths[1], Path(parts[0]).stem))
     return samples
+
+
+def _list_fields(line: str) -> list[str]:
+    """The fields of a list-file line: split at TABs when it has one (paths with spaces), else at
+    any whitespace (the authors' format). A line of the authors' format has no TAB inside a path,
+    and a TAB-separated one has no other separator, so the two cannot be confused."""
+    line = line.strip()
+    if "\t" in line:
+        return [field.strip() for field in line.split("\t") if field.strip()]
+    return line.split()
 
 
 def _read_class_names(path: Path) -> tuple[str, ...]:
@@ -720,5 +784,6 @@ def open_dataset(
         mask_palette=palette,
         root=root,
         problems=problems.items,
+        notes=problems.notes(),
         kind=kind,
     )

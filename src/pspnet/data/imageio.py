@@ -4,12 +4,22 @@ Images go through OpenCV (fast JPEG/PNG decoding, non-ASCII paths via ``np.fromf
 back as RGB ``uint8``; masks go through Pillow because palette PNGs (PASCAL VOC) must be read as
 palette *indices*, which OpenCV would expand to colours. Both check the header size before
 decoding, so a 100k x 100k file fails fast instead of exhausting memory in a DataLoader worker.
+
+The EXIF orientation is applied exactly once, here, after OpenCV has decoded the stored pixels:
+``IMREAD_UNCHANGED`` ignores the tag of JPEG, PNG and WEBP files, but OpenCV's TIFF decoder applies
+a TIFF's orientation tag itself in some versions (5.0 does, even with ``IMREAD_UNCHANGED``), so a
+TIFF's tag is set to 1 in the bytes handed to OpenCV, which then gives the stored pixels with any
+version. (Pillow is no way round: recent versions rotate TIFFs on load too, and some of its
+uncompressed grey ones wrongly.) GIFs are decoded by Pillow (OpenCV reads GIF only in recent
+versions).
 """
 
 from __future__ import annotations
 
+import shlex
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,6 +33,7 @@ __all__ = [
     "MASK_EXTENSIONS",
     "MAX_PIXELS",
     "colour_mask_to_ids",
+    "image_orientation",
     "read_image",
     "read_mask",
 ]
@@ -30,13 +41,26 @@ __all__ = [
 MAX_PIXELS = 20000 * 20000
 """Largest image (width x height) read by default; larger files are refused before decoding."""
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-"""File suffixes (lower case) treated as images when scanning folders."""
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif",
+)  # fmt: skip
+"""File suffixes (lower case) treated as images when scanning folders (``.jfif``: JPEGs saved by
+Windows and browsers; ``.gif``: the first frame)."""
 MASK_EXTENSIONS = (".png", ".bmp", ".pgm", ".tif", ".tiff")
 """Lossless suffixes accepted for label masks (a JPEG mask would have blurred label values)."""
 
 _EXIF_ORIENTATION = 0x0112
 _PIL_LIMIT_LOCK = threading.Lock()
+_APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+"""First bytes of a macOS AppleDouble file (``._name``, written beside every file copied from a Mac
+to a FAT/exFAT/SMB volume or a zip): metadata, never pixels."""
+
+
+@dataclass(frozen=True)
+class _Header:
+    size: tuple[int, int]  # (width, height) as stored
+    orientation: int  # EXIF orientation, 1 when absent (always 1 for masks)
+    format: str | None  # Pillow's format name ("JPEG", "TIFF", ...)
 
 
 def _png_orientation(im: Image.Image) -> int:
@@ -51,8 +75,8 @@ def _png_orientation(im: Image.Image) -> int:
     return int(exif.get(_EXIF_ORIENTATION, 1))
 
 
-def _header(path: Path, max_pixels: int, orientation: bool = True) -> tuple[tuple[int, int], int] | None:
-    """``((width, height), exif_orientation)`` from the header, or None if Pillow cannot parse it.
+def _header(path: Path, max_pixels: int, orientation: bool = True) -> _Header | None:
+    """Size, EXIF orientation and format from the header, or None if Pillow cannot parse it.
 
     Pillow's own decompression-bomb check is lifted while opening, because this function applies
     ``max_pixels`` itself and gives a clearer message. ``orientation=False`` skips EXIF (masks).
@@ -62,7 +86,7 @@ def _header(path: Path, max_pixels: int, orientation: bool = True) -> tuple[tupl
         Image.MAX_IMAGE_PIXELS = None
         try:
             with Image.open(path) as im:
-                size = im.size
+                size, image_format = im.size, im.format
                 exif_orientation = 1
                 if orientation and im.format in ("JPEG", "TIFF", "WEBP", "PNG"):
                     try:
@@ -83,7 +107,17 @@ def _header(path: Path, max_pixels: int, orientation: bool = True) -> tuple[tupl
             f"{path}: image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, more than the limit "
             f"of {max_pixels}; resize it, or raise max_pixels if this is intended"
         )
-    return size, exif_orientation
+    return _Header(size, exif_orientation, image_format)
+
+
+def image_orientation(path: str | Path) -> int:
+    """The EXIF orientation (1-8) that :func:`read_image` applies to this file; 1 when it has none.
+
+    For messages and reports about masks, which must match the image as shown (rotated), not as
+    its pixels are stored. Reads the header only.
+    """
+    header = _header(Path(path), max_pixels=2**62)
+    return 1 if header is None else header.orientation
 
 
 def _apply_exif_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -106,6 +140,8 @@ def _apply_exif_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -126,6 +162,71 @@ def _check_complete(path: Path) -> None:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def _refuse_known_non_image(path: Path) -> None:
+    """Name the non-image files that folders of images often hold, instead of "corrupt?"."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_APPLEDOUBLE_MAGIC))
+    if head == _APPLEDOUBLE_MAGIC:
+        raise DataError(
+            f"{path}: macOS metadata file (AppleDouble), not an image; delete these with "
+            f"find {shlex.quote(str(path.parent))} -name '._*' -delete"
+        )
+
+
+def _decode_gif(path: Path) -> np.ndarray:
+    """The first frame of a GIF as RGB ``uint8`` (GIFs carry no orientation)."""
+    with _PIL_LIMIT_LOCK:  # the size was checked from the header already
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as im:
+                return np.array(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _tiff_without_orientation(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(bytes with the first page's Orientation tag set to 1, the orientation it had)``.
+
+    Decoded from these bytes, a TIFF comes out as stored with every OpenCV version (see the
+    module docstring), and the orientation is applied once by :func:`_apply_exif_orientation`.
+    Returns the bytes unchanged and 1 when the file has no such tag (or a header this reader does
+    not follow, which libtiff would refuse anyway). Reads only the header and the first directory.
+    """
+    order = {b"II": "little", b"MM": "big"}.get(data[:2].tobytes())
+    if order is None or data.size < 16:
+        return data, 1
+
+    def number(offset: int, size: int) -> int:
+        return int.from_bytes(data[offset : offset + size].tobytes(), order)
+
+    version = number(2, 2)
+    if version == 42:  # classic TIFF: 4-byte offsets, 12-byte entries
+        ifd, count_size, entry_size, value_at = number(4, 4), 2, 12, 8
+    elif version == 43:  # BigTIFF: 8-byte offsets, 20-byte entries
+        ifd, count_size, entry_size, value_at = number(8, 8), 8, 20, 12
+    else:
+        return data, 1
+    if ifd + count_size > data.size:
+        return data, 1
+    for i in range(min(number(ifd, count_size), 4096)):  # real directories hold a few dozen tags
+        entry = ifd + count_size + i * entry_size
+        if entry + entry_size > data.size:
+            break
+        # type 3 (SHORT) is the one the TIFF spec gives the tag
+        if number(entry, 2) != _EXIF_ORIENTATION or number(entry + 2, 2) != 3:
+            continue
+        orientation = number(entry + value_at, 2)
+        if not 2 <= orientation <= 8:
+            return data, 1
+        patched = data.copy()
+        patched[entry + value_at : entry + value_at + 2] = np.frombuffer((1).to_bytes(2, order), np.uint8)
+        return patched, orientation
+    return data, 1
+
+
 def _jpeg_without_end_marker(data: np.ndarray) -> bool:
     """A JPEG whose last two bytes are not the end-of-image marker: cut short, or followed by junk.
 
@@ -142,8 +243,9 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete
     """Read an image file as an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
     Grey images are repeated to three channels, an alpha channel is dropped, 16-bit images are
-    scaled to 8 bits (``>> 8``) and the EXIF orientation is applied (phone photos are often
-    stored sideways with a rotation tag).
+    scaled to 8 bits (``>> 8``) and the EXIF orientation is applied once, so the result is the
+    image as viewers show it (phone photos are often stored sideways with a rotation tag). Of a
+    multi-page TIFF or an animated GIF, the first page / frame is read.
 
     Args:
         path: image file.
@@ -154,14 +256,23 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete
             their end marker (the usual sign of a cut file) through the same decode.
 
     Raises:
-        DataError: the file is missing, empty, truncated, not an image, or too large.
+        DataError: the file is missing, empty, truncated, not an image (a macOS ``._*`` metadata
+            file is named as such), or too large.
     """
     path = Path(path)
     _check_file(path)
     header = _header(path, max_pixels)
+    if header is None:
+        _refuse_known_non_image(path)
+    if header is not None and header.format == "GIF":
+        return _decode_gif(path)
     data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it fails on non-ASCII Windows paths
     if header is not None and (check_complete or _jpeg_without_end_marker(data)):
         _check_complete(path)
+    orientation = 1 if header is None else header.orientation
+    if header is not None and header.format == "TIFF":
+        data, orientation = _tiff_without_orientation(data)
+    # IMREAD_UNCHANGED: the stored pixels, alpha and 16 bits kept, EXIF orientation not applied
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise DataError(f"{path}: not a readable image (OpenCV could not decode it; truncated or corrupt?)")
@@ -179,8 +290,8 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, check_complete
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     else:
         raise DataError(f"{path}: {image.shape[2]} channels; expected grey, RGB or RGBA")
-    if header is not None and header[1] != 1:
-        image = np.ascontiguousarray(_apply_exif_orientation(image, header[1]))
+    if orientation != 1:
+        image = np.ascontiguousarray(_apply_exif_orientation(image, orientation))
     return image
 
 
@@ -231,6 +342,7 @@ def read_mask(
     path = Path(path)
     _check_file(path)
     if _header(path, max_pixels, orientation=False) is None:
+        _refuse_known_non_image(path)
         raise DataError(f"{path}: not a readable image (unknown format)")
     try:
         with Image.open(path) as im:

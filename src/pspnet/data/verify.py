@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pspnet.data.datasets import SegmentationDataset, bad_label_message
-from pspnet.data.imageio import read_image
+from pspnet.data.datasets import SegmentationDataset, bad_label_message, size_mismatch_message
+from pspnet.data.imageio import image_orientation, read_image
 from pspnet.errors import DataError
 
 __all__ = ["VerifyReport", "verify_dataset"]
@@ -39,6 +39,8 @@ class VerifyReport:
         ignore_pixels: pixels with the ignore label; ``ignore_index`` its value.
         sizes: ``"WxH" -> number of images``.
         problems: ``(path, message)`` for every problem found.
+        notes: remarks that are not problems: hidden files skipped while listing, images whose
+            EXIF orientation tag rotates them (their masks must match the rotated image).
     """
 
     dataset: str
@@ -51,6 +53,7 @@ class VerifyReport:
     ignore_pixels: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +71,7 @@ class VerifyReport:
             "class_pixels": dict(zip(self.class_names, self.class_pixels, strict=True)),
             "sizes": self.sizes,
             "problems": [{"path": p, "message": m} for p, m in self.problems],
+            "notes": list(self.notes),
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -82,6 +86,7 @@ class VerifyReport:
             f"dataset {self.dataset} at {self.root}: {self.num_checked} of {self.num_samples} pairs checked, "
             f"{len(self.problems)} problem(s)"
         )
+        lines.extend(f"note: {note}" for note in self.notes)
         labelled = sum(self.class_pixels) + self.ignore_pixels
         lines.append("pixels per class:")
         width = max((len(n) for n in self.class_names), default=5)
@@ -121,13 +126,18 @@ def verify_dataset(
         ignore_index=info.ignore_index,
         class_pixels=[0] * info.num_classes,
         problems=list(dataset.problems),
+        notes=list(dataset.notes),
     )
     sizes: Counter[str] = Counter()
+    rotated: list[tuple[Path, int]] = []  # images with an EXIF orientation other than 1
     seen_values: set[int] = set()
     for index in tqdm(range(count), desc="verify", unit="pair", disable=not progress, leave=False):
         sample = dataset.samples[index]
         try:
             image = read_image(sample.image, check_complete=True)
+            orientation = image_orientation(sample.image)
+            if orientation != 1:
+                rotated.append((sample.image, orientation))
         except DataError as exc:
             report.problems.append((str(sample.image), _strip_path(str(exc), sample.image)))
             image = None
@@ -142,11 +152,7 @@ def verify_dataset(
             sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
             if raw.shape != image.shape[:2]:
                 report.problems.append(
-                    (
-                        str(sample.mask),
-                        f"mask is {raw.shape[1]}x{raw.shape[0]} but the image is "
-                        f"{image.shape[1]}x{image.shape[0]}",
-                    )
+                    (str(sample.mask), size_mismatch_message(raw.shape, image.shape, sample.image))
                 )
         if dataset.kind == "cityscapes":
             _check_cityscapes_label_ids(raw, sample.mask, report)
@@ -173,7 +179,22 @@ def verify_dataset(
                 )
             )
     report.sizes = dict(sizes)
+    if rotated:
+        report.notes.append(_rotation_note(rotated))
     return report
+
+
+def _rotation_note(rotated: list[tuple[Path, int]]) -> str:
+    """Images are read rotated by their EXIF tag and masks are not, so a mask drawn on the stored
+    pixels is misaligned; only a size mismatch reveals that, never for square images or for
+    tags that only mirror. Worth a line whenever such images exist."""
+    path, orientation = rotated[0]
+    return (
+        f"{len(rotated)} image(s) carry an EXIF orientation tag (e.g. {path}: orientation {orientation}) "
+        f"and are read rotated or mirrored, as viewers show them; their masks must be drawn on the "
+        f"image as shown: a mask drawn on the stored pixels is misaligned, which the size check "
+        f"catches only for non-square images turned by a quarter"
+    )
 
 
 def _looks_binary_255(report: VerifyReport) -> bool:

@@ -31,6 +31,7 @@ __all__ = [
     "EvalDataset",
     "EvalExample",
     "EvalResult",
+    "class_names_note",
     "evaluate",
     "protocol_base_size",
     "protocol_crop_size",
@@ -155,6 +156,41 @@ def protocol_crop_size(model: nn.Module, dataset: EvalDataset) -> int:
         "mode='slide' needs a crop size (--crop-size): this model carries no training crop and "
         f"the {dataset.info.name!r} dataset has none of its own"
     )
+
+
+def class_names_note(
+    dataset_names: Sequence[str], model_names: Sequence[str], source: str = "the dataset"
+) -> str | None:
+    """One line saying that the dataset and the model name the same ids differently, else None.
+
+    A model's ids mean its own classes; the masks' ids mean the dataset's. When both name the
+    same number of classes differently (e.g. a conversion script sorted ``classes.txt``
+    alphabetically), the scores are meaningless unless the masks follow the model's order, and
+    a table under the dataset's names alone hides that. Renamed classes are legitimate, so this
+    is a note, not a refusal. Generic names (``class_0`` ...) on either side say nothing about
+    the classes: no note.
+
+    Args:
+        dataset_names: the names the table uses (``dataset.info.class_names``).
+        model_names: the names stored in the model file (``model.dataset_info.class_names``).
+        source: where the dataset's names come from, for the message (e.g. its classes.txt).
+    """
+    if len(dataset_names) != len(model_names) or _generic(dataset_names) or _generic(model_names):
+        return None
+    differ = [i for i, (a, b) in enumerate(zip(dataset_names, model_names, strict=True)) if a != b]
+    if not differ:
+        return None
+    first = differ[0]
+    return (
+        f"note: {source} lists class {first} as {dataset_names[first]!r} but the model calls it "
+        f"{model_names[first]!r} ({len(differ)} of {len(model_names)} names differ); the table uses the "
+        f"dataset's names; check that the masks use the model's class order"
+    )
+
+
+def _generic(names: Sequence[str]) -> bool:
+    """Placeholder names (``class_0``, ``class_1`` ...), given when no names are known."""
+    return all(name == f"class_{i}" for i, name in enumerate(names))
 
 
 def _rank_and_world(distributed: bool | None) -> tuple[int, int]:

@@ -280,6 +280,11 @@ def save_model(model: PSPNet, path: str | os.PathLike[str], extra: Mapping[str, 
 def read_model_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The metadata of a pspnet safetensors file, without reading the tensors."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{path}: is a folder, not a model file; give the .safetensors file (a save_pretrained "
+            "folder loads with from_pretrained)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
@@ -368,7 +373,7 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     """Rebuild a model saved by :func:`save_model`; returned in eval mode.
 
     Raises:
-        FileNotFoundError: no such file. InputError: not a pspnet safetensors file, invalid
+        FileNotFoundError: no such file. InputError: a folder, not a pspnet safetensors file, invalid
             metadata, or tensors that do not match it (the message names the file).
     """
     path = Path(path)
@@ -388,6 +393,8 @@ def open_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     ``dataset_info``, which is all that prediction and evaluation use. A released checkpoint
     (``.pth``, ``.caffemodel``) is refused with the ``pspnet convert`` command that imports it.
     """
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a folder; give the .safetensors or .onnx model file")
     if Path(path).suffix.lower() == ".onnx":
         from pspnet.export import OnnxModel
 
