@@ -374,7 +374,7 @@ def test_missing_root_is_named_for_every_layout(trees) -> None:
         open_dataset(trees.base / "empty", "voc2012")
 
 
-@pytest.mark.parametrize("ignore", [254, 0, 300])
+@pytest.mark.parametrize("ignore", [254, 3, 300])  # 3: the first value past the 3 classes
 def test_folder_ignore_index_is_used_by_loading_and_padding(trees, ignore: int) -> None:
     """A chosen ignore value is accepted by the label check (uint8 table and int64 paths alike),
     pads the augmentation, and other values past the classes are still refused."""
@@ -430,10 +430,23 @@ def test_voc_colour_masks_read_with_the_named_palette(trees) -> None:
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
     assert 255 in np.unique(got["2007_000001"])
-    with pytest.raises(InputError, match="mask_palette cannot be used with the cityscapes layout"):
+    with pytest.raises(
+        InputError,
+        match=r"a mask palette \(--mask-palette / data\.mask_palette\) cannot be used with the "
+        "cityscapes layout",
+    ):
         open_dataset(trees.cityscapes(), mask_palette="cityscapes")
     with pytest.raises(InputError, match="ade20k palette gives ids"):
         open_dataset(root, "voc2012", mask_palette="ade20k")
+
+
+def test_unknown_mask_palette_lists_only_the_usable_ones(trees) -> None:
+    """ADE20K's palette gives two ids one colour, so offering it would only lead to a refusal."""
+    with pytest.raises(InputError) as err:
+        open_dataset(trees.voc(), "voc2012", mask_palette="foo")
+    assert str(err.value) == (
+        "mask palette 'foo': no such palette; choose one of cityscapes, context_demo, voc2012"
+    )
 
 
 def test_list_kept_apart_from_the_data_finds_classes_in_the_data_root(tmp_path) -> None:
@@ -445,9 +458,10 @@ def test_list_kept_apart_from_the_data_finds_classes_in_the_data_root(tmp_path) 
     (data / "classes.txt").write_text("x\ny\nz\n")
     (lists / "train.txt").write_text("img/a.png img/a_mask.png\n")
     dataset = open_dataset(lists / "train.txt", "list", data_root=data)
-    assert dataset.info.class_names == ("x", "y", "z")
+    assert dataset.info.class_names == ("x", "y", "z") and dataset.class_names_file == data / "classes.txt"
     (lists / "classes.txt").write_text("p\nq\nr\ns\n")  # one beside the list file comes first
-    assert open_dataset(lists / "train.txt", "list", data_root=data).info.num_classes == 4
+    dataset = open_dataset(lists / "train.txt", "list", data_root=data)
+    assert dataset.info.num_classes == 4 and dataset.class_names_file == lists / "classes.txt"
 
 
 _APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(200)
@@ -531,3 +545,75 @@ def test_jfif_and_gif_images_pair_with_masks(trees) -> None:
     ds = open_dataset(root, num_classes=2)
     assert [s.image.name for s in ds.samples] == ["a.jfif", "b.gif"]
     assert ds.load_raw(1)[0].shape == (40, 48, 3)
+
+
+@pytest.mark.parametrize("layout", ["folder", "list"])
+def test_ignore_index_that_is_a_class_id_is_refused(trees, layout: str) -> None:
+    """ignore_index 0 with classes a, b, c: class 'a' would never be trained and would still be
+    predicted and scored (IoU 0). The message names the value, the class, the file and both fixes."""
+    root = trees.folder(masks={"a": trees.quadrants((0, 1, 2, 0))})
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    target = root
+    if layout == "list":
+        target = root / "val.txt"
+        target.write_text("images/a.png masks/a.png\n")
+    with pytest.raises(InputError) as err:
+        open_dataset(target, layout, ignore_index=0)
+    assert str(err.value) == (
+        f"ignore index 0 is class 0 'a' of {target} ({root / 'classes.txt'}), so that class would never be "
+        "trained nor scored; to train 'a', use an ignore index outside 0..2 such as 255; to ignore its "
+        "pixels, remove 'a' from the class list and rewrite the masks with ids 0..1 and the ignore value "
+        "for those pixels"
+    )
+    with pytest.raises(InputError, match=r"ignore index 2 is class 2 'c' .* remove 'c' from the class list$"):
+        open_dataset(target, layout, ignore_index=2)  # the last class: dropping it renumbers nothing
+    assert open_dataset(target, layout, ignore_index=3).info.ignore_index == 3  # just past the classes
+
+
+def test_ignore_index_inside_the_class_range_is_refused_from_every_source(trees) -> None:
+    """The value may come from dataset.json or from a label space with more than 255 classes
+    (where the default 255 is a class id), not only from ignore_index=."""
+    root = trees.folder()
+    (root / "dataset.json").write_text(json.dumps({"class_names": ["x", "y", "z"], "ignore_index": 1}))
+    with pytest.raises(InputError, match=r"ignore index 1 is class 1 'y' of .*dataset\.json\)"):
+        open_dataset(root)
+    big = DatasetInfo("big", tuple(f"c{i}" for i in range(300)), ((0, 0, 0),) * 300)
+    (root / "dataset.json").unlink()
+    with pytest.raises(
+        InputError, match=r"ignore index 255 is class 255 'c255' of .*\(the big classes\).* 65535"
+    ):
+        open_dataset(root, info=big)
+    assert open_dataset(root, info=big, ignore_index=65535).info.ignore_index == 65535
+    with pytest.raises(
+        InputError, match=r"is class 1 'class_1' of .*\(3 classes\).*; to ignore its pixels, use 2 "
+    ):
+        open_dataset(root, num_classes=3, ignore_index=1)
+
+
+def test_list_messages_name_no_split_and_class_names_file_is_recorded(trees) -> None:
+    """A list file is its own split: "split 'train'" in its messages was open_dataset's internal
+    convention, not anything the user gave."""
+    root = trees.folder()
+    listing = trees.base / "val.txt"
+    listing.write_text("folder/images/a.png folder/masks/a.png\nfolder/images/zz.png folder/masks/a.png\n")
+    with pytest.raises(DataError) as err:
+        open_dataset(listing, "list", num_classes=3)
+    assert str(err.value).startswith(f"{listing} (list): 1 problem(s): ") and "split" not in str(err.value)
+    listing.write_text("\n")
+    with pytest.raises(DataError) as err:
+        open_dataset(listing, "list", num_classes=3)
+    assert str(err.value) == f"{listing}: no samples found in the list file"
+
+    assert open_dataset(root, num_classes=3).class_names_file is None
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    assert open_dataset(root).class_names_file == root / "classes.txt"
+    assert (
+        open_dataset(root, info=DatasetInfo("n", ("a", "b", "c"), ((0, 0, 0),) * 3)).class_names_file is None
+    )
+    (root / "dataset.json").write_text(json.dumps({"class_names": ["a", "b", "c"]}))
+    assert open_dataset(root).class_names_file == root / "dataset.json"
+    listing.write_text("folder/images/a.png folder/masks/a.png\n")
+    assert open_dataset(listing, "list", num_classes=3).class_names_file is None
+    (trees.base / "classes.txt").write_text("p\nq\nr\n")
+    assert open_dataset(listing, "list").class_names_file == trees.base / "classes.txt"
+    assert open_dataset(trees.voc(), "voc2012").class_names_file is None

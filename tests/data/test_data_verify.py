@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pspnet.cli import main
 from pspnet.data.datasets import open_dataset
 from pspnet.data.verify import verify_dataset
+from pspnet.errors import InputError
 
 H, W = 40, 48
 Q = (H // 2) * (W // 2)  # pixels per quadrant
@@ -157,12 +159,14 @@ def test_ade20k_problems_show_the_file_values(trees) -> None:
     assert f"label values 151 ({Q} px) in the file (train ids [150]" in report.problems[0][1]
 
 
-def test_ignore_index_inside_the_class_range_is_counted_as_ignore(trees) -> None:
-    root = trees.folder(masks={"a": trees.quadrants((0, 1, 2, 0))})
-    report = verify_dataset(open_dataset(root, num_classes=3, ignore_index=0), progress=False)
+def test_a_chosen_ignore_index_is_counted_as_ignore_and_a_class_id_is_refused(trees) -> None:
+    root = trees.folder(masks={"a": trees.quadrants((3, 1, 2, 3))})
+    report = verify_dataset(open_dataset(root, num_classes=3, ignore_index=3), progress=False)
     assert report.ok, report.problems
-    assert report.ignore_index == 0 and report.ignore_pixels == 2 * Q
+    assert report.ignore_index == 3 and report.ignore_pixels == 2 * Q
     assert report.class_pixels == [0, Q, Q]
+    with pytest.raises(InputError, match="ignore index 0 is class 0 'class_0'"):
+        open_dataset(root, num_classes=3, ignore_index=0)
 
 
 def test_cli_dataset_palette_and_ignore_options(trees, capsys) -> None:

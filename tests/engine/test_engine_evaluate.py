@@ -310,7 +310,9 @@ def _confusion_from_predict(
     return conf
 
 
-def test_eval_command_folder_name_list_file_and_ignore_index(tmp_path: Path) -> None:
+def test_eval_command_folder_name_list_file_and_ignore_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A folder named like an authors' dataset is still scored at its own size; a list file needs
     no --split; --ignore-index changes which pixels are scored."""
     from pspnet.cli import main
@@ -339,13 +341,16 @@ def test_eval_command_folder_name_list_file_and_ignore_index(tmp_path: Path) -> 
     assert main([*base, "--data", str(root / "val.txt"), "--kind", "list"]) == 0
     assert np.array_equal(np.array(json.loads((out / "metrics.json").read_text())["confusion"]), expected)
 
-    void0 = {s: np.where(m == 255, 0, m).astype(np.uint8) for s, m in masks.items()}
-    _write_pairs(tmp_path / "void0", void0, seed=4)
-    assert main([*base, "--data", str(tmp_path / "void0"), "--ignore-index", "0"]) == 0
+    void4 = {s: np.where(m == 255, 4, m).astype(np.uint8) for s, m in masks.items()}
+    _write_pairs(tmp_path / "void4", void4, seed=4)
+    assert main([*base, "--data", str(tmp_path / "void4"), "--ignore-index", "4"]) == 0
     got = np.array(json.loads((out / "metrics.json").read_text())["confusion"])
-    assert got[0].sum() == 0 and np.array_equal(
-        got, _confusion_from_predict(model_path, tmp_path / "void0", void0, 0)
-    )
+    assert np.array_equal(got, expected)  # the same pixels scored as with 255 in the masks
+    # a class id as ignore index: class 0 would be predicted but never scored (refused, one line)
+    capsys.readouterr()
+    assert main([*base, "--data", str(tmp_path / "void4"), "--ignore-index", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: ignore index 0 is class 0 'sky' of " in err
 
 
 @pytest.mark.parametrize(
@@ -404,8 +409,11 @@ def test_eval_command_checks_options_before_loading_anything(
         assert message in err and err.count("\n") == 1, (extra, err)
 
 
-def test_eval_command_reads_a_list_file_against_data_root(tmp_path: Path) -> None:
-    """The authors keep list files apart from the data: --data-root says where the paths start."""
+def test_eval_command_reads_a_list_file_against_data_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The authors keep list files apart from the data: --data-root says where the paths start,
+    and the error without it says so. A list file is one split: --split is refused, not ignored."""
     from pspnet.cli import main
     from pspnet.io.checkpoint import save_model
 
@@ -429,7 +437,23 @@ def test_eval_command_reads_a_list_file_against_data_root(tmp_path: Path) -> Non
         np.array(result["confusion"]), _confusion_from_predict(model_path, data, masks, 255)
     )
     assert result["settings"]["data_root"] == str(data)
+    capsys.readouterr()
     assert main([*argv, "--device", "cpu", "--no-progress"]) == 2  # without it the paths resolve nowhere
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"pspnet eval: error: {lists / 'val.txt'} (list): 4 problem"
+    )
+    assert "split" not in err  # the user gave none: "split 'train'" was an internal convention
+    assert err.endswith(
+        "; the paths are relative to the list file's folder: pass --data-root DIR if they are relative to "
+        "another folder\n"
+    )
+    for split in ("train", "val"):
+        assert main([*argv, "--data-root", str(data), "--device", "cpu", "--split", split]) == 2
+        assert capsys.readouterr().err == (
+            f"pspnet eval: error: --split {split}: {lists / 'val.txt'} is a list file, which is one split; "
+            "leave --split out and pass the list file of the split to score\n"
+        )
 
 
 def test_eval_of_a_list_names_the_authors_base_size_when_the_model_is_theirs(
@@ -616,3 +640,69 @@ def test_eval_command_says_when_it_replaces_earlier_results(
     assert wrote().endswith("confusion.png (replaced the old files)")
     (out / "confusion.png").unlink()
     assert wrote().endswith("confusion.png (replaced the old file)")
+
+
+@pytest.mark.parametrize("layout", ["folder", "list"])
+def test_eval_command_uses_the_ignore_index_the_model_was_trained_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    """A model trained with data.ignore_index=4 records it; eval of data whose void pixels are 4
+    then scores what training's validation scored without repeating --ignore-index (it used 255,
+    and the void pixels were refused as labels outside the classes)."""
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = create_model("pspnet_tiny", num_classes=4).eval()
+    model.dataset_info = DatasetInfo("m", NAMES, default_palette(4), ignore_index=4)
+    model_path = save_model(model, tmp_path / "m.safetensors")
+    rng = np.random.default_rng(7)
+    masks = {
+        s: rng.integers(0, 4, (h, w)).astype(np.uint8) for s, (h, w) in {"a": (30, 41), "b": (26, 20)}.items()
+    }
+    for mask in masks.values():
+        mask[:3] = 4
+    data = tmp_path / "data"
+    _write_pairs(data, masks, seed=8)
+    target = data
+    if layout == "list":
+        target = data / "val.txt"
+        target.write_text("".join(f"images/{s}.png masks/{s}.png\n" for s in masks))
+    expected = _confusion_from_predict(model_path, data, masks, ignore=4)  # by hand, void 4 left out
+    out = tmp_path / "report"
+    base = ["eval", "--model", str(model_path), "--data", str(target), "--device", "cpu", "--no-progress"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(out)]) == 0
+    assert capsys.readouterr().err == (
+        "note: ignore index 4, as the model was trained with (--ignore-index to change)\n"
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        np.array_equal(np.array(metrics["confusion"]), expected) and metrics["settings"]["ignore_index"] == 4
+    )
+    assert main([*base, "--ignore-index", "4", "--out", str(out)]) == 0  # the same, said explicitly
+    assert capsys.readouterr().err == ""
+    assert np.array_equal(np.array(json.loads((out / "metrics.json").read_text())["confusion"]), expected)
+    assert main([*base, "--ignore-index", "255"]) == 2  # the option still wins: 4 is then a bad label
+    assert "label values 4 (" in capsys.readouterr().err
+
+
+def test_eval_command_prints_the_dataset_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hidden files skipped while listing are said by eval as by verify-dataset ("note: ..." lines)."""
+    from pspnet.cli import main
+    from pspnet.io.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model_path = save_model(create_model("pspnet_tiny", num_classes=4).eval(), tmp_path / "m.safetensors")
+    data = tmp_path / "data"
+    _write_pairs(data, {"a": np.random.default_rng(1).integers(0, 4, (24, 30)).astype(np.uint8)}, seed=2)
+    (data / "images" / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # macOS AppleDouble
+    capsys.readouterr()
+    assert (
+        main(["eval", "--model", str(model_path), "--data", str(data), "--device", "cpu", "--no-progress"])
+        == 0
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"note: skipped 1 hidden file(s) with image suffixes (1 in {data / 'images'})"
+    )

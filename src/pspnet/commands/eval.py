@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ignore-index",
         type=int,
         default=None,
-        help="label value not scored, for folder and list datasets "
-        "(default 255; the authors' layouts use 255)",
+        help="label value not scored, for folder and list datasets, never a class id (default: the one "
+        "the model file records from training when not 255, else the data's dataset.json, else 255; the "
+        "authors' layouts use 255)",
     )
     add_mask_palette_argument(parser)
     add_inference_arguments(
@@ -90,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.data.datasets import open_dataset
+    from pspnet.data.datasets import detect_kind
+    from pspnet.data.info import IGNORE_INDEX
     from pspnet.engine.evaluate import class_names_note, evaluate, protocol_base_size
     from pspnet.errors import InputError
     from pspnet.io.checkpoint import open_model
@@ -110,23 +112,34 @@ def run(args: argparse.Namespace) -> int:
             f"--data-root is only for list files (--kind list) and {args.data} is not one; "
             "leave --data-root out"
         )
+    if args.split is not None and is_list:
+        raise InputError(
+            f"--split {args.split}: {args.data} is a list file, which is one split; leave --split out "
+            "and pass the list file of the split to score"
+        )
     if args.out is not None:
         check_output_dir(args.out, "--out")
     model = open_model(args.model, map_location=device)
     if args.output_stride is not None:
         model = at_output_stride(model, args.output_stride, args.model)
     model.to(device)  # an .onnx model ignores map_location; moved, it runs on onnxruntime's CUDA provider
-    split = args.split or ("train" if is_list else "val")
-    dataset = open_dataset(
-        args.data,
-        args.kind,
-        split,
-        num_classes=model.num_classes,
-        ignore_index=args.ignore_index,
-        data_root=args.data_root,
-        mask_palette=args.mask_palette,
-    )
+    split = args.split or ("train" if is_list else "val")  # open_dataset's convention: a list is "train"
+    kind = detect_kind(args.data) if args.kind == "auto" else args.kind
     model_info = model.dataset_info
+    ignore_index = args.ignore_index
+    trained = model_info.ignore_index if model_info is not None else IGNORE_INDEX
+    if ignore_index is None and kind in ("folder", "list") and trained != IGNORE_INDEX:
+        # The ignore value the model was trained with, so eval scores the pixels that training's
+        # validation did (its val_miou) without repeating the option. Only a value chosen on
+        # purpose: with 255, every model's default, the data's own (dataset.json) is kept.
+        ignore_index = trained
+        print(
+            f"note: ignore index {trained}, as the model was trained with (--ignore-index to change)",
+            file=sys.stderr,
+        )
+    dataset = _open_data(args, kind, split, model.num_classes, ignore_index)
+    for note in dataset.notes:
+        print(f"note: {note}", file=sys.stderr)
     generic = all(name == f"class_{i}" for i, name in enumerate(dataset.info.class_names))
     if generic and model_info is not None and model_info.num_classes == dataset.info.num_classes:
         # A folder dataset without classes.txt: the model file knows the names and colours.
@@ -134,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             model_info, ignore_index=dataset.info.ignore_index, name=dataset.info.name
         )
     elif model_info is not None:
-        source = _class_names_source(dataset, args.data_root)
+        source = _class_names_source(dataset)
         note = class_names_note(dataset.info.class_names, model_info.class_names, source)
         if note is not None:
             print(note, file=sys.stderr)
@@ -175,23 +188,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_names_source(dataset: Any, data_root: Path | None) -> str:
-    """Where ``open_dataset`` found the dataset's class names, for a message: the label-space file
-    of a folder or list dataset (dataset.json or classes.txt), else the authors' layout itself."""
-    from pspnet.data.datasets import _label_space_file
+def _open_data(
+    args: argparse.Namespace, kind: str, split: str, num_classes: int, ignore_index: int | None
+) -> Any:
+    """``open_dataset`` with the command's options; missing list entries get the ``--data-root``
+    hint, as the paths of a list file are read from its own folder unless told otherwise."""
+    from pspnet.data.datasets import open_dataset
+    from pspnet.errors import DataError
 
-    root = Path(dataset.root)
-    if dataset.kind == "folder":
-        folders = [root]
-    elif dataset.kind == "list":  # beside the list file first, then in the data root
-        folders = [root.parent, Path(data_root) if data_root is not None else root.parent]
-    else:
-        return f"the {dataset.kind} layout"
-    for folder in folders:
-        found = _label_space_file(folder)
-        if found is not None:
-            return str(found[0])
-    return f"the dataset {root}"
+    try:
+        return open_dataset(
+            args.data,
+            kind,
+            split,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            data_root=args.data_root,
+            mask_palette=args.mask_palette,
+        )
+    except DataError as exc:
+        if kind == "list" and args.data_root is None and "but missing" in str(exc):
+            raise DataError(
+                f"{exc}; the paths are relative to the list file's folder: pass --data-root DIR if they "
+                "are relative to another folder"
+            ) from exc
+        raise
+
+
+def _class_names_source(dataset: Any) -> str:
+    """Where the dataset's class names came from, for a message: the ``dataset.json`` /
+    ``classes.txt`` that ``open_dataset`` read, else the authors' layout itself."""
+    if dataset.class_names_file is not None:
+        return str(dataset.class_names_file)
+    if dataset.kind in ("folder", "list"):
+        return f"the dataset {dataset.root}"
+    return f"the {dataset.kind} layout"
 
 
 def _note_authors_base_size(*infos: Any) -> None:

@@ -31,6 +31,8 @@ Layouts (``open_dataset(root, kind=...)``):
 
 The ignore label is 255 for the public layouts (their void pixels are mapped to it); folder and
 list datasets may choose another (``ignore_index=``), which becomes ``dataset.info.ignore_index``.
+It may not be a class id (``0..C-1``): that class would never be trained nor scored, so
+``open_dataset`` refuses it.
 
 Hidden files (names starting with ``.``) are never taken from a folder: the ``._name`` files that
 macOS writes beside every file copied to a USB stick, an SMB share or a zip are metadata with the
@@ -57,6 +59,7 @@ from pspnet.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, image_orienta
 from pspnet.data.info import (
     ADE20K,
     CITYSCAPES,
+    DATASETS,
     IGNORE_INDEX,
     VOC2012,
     DatasetInfo,
@@ -259,6 +262,9 @@ class SegmentationDataset(Dataset):
         kind: the layout it was read from (``open_dataset``'s kinds; ``"custom"`` when built by
             hand). The evaluation protocol depends on it, not on the label space's name: a folder
             named ``cityscapes`` is still a folder dataset.
+        class_names_file: the ``dataset.json`` / ``classes.txt`` the class names were read from,
+            so messages about the names can point at the file to edit; None when they came from
+            ``info=``, an authors' layout or a class count.
     """
 
     def __init__(
@@ -275,6 +281,7 @@ class SegmentationDataset(Dataset):
         problems: Sequence[tuple[str, str]] = (),
         notes: Sequence[str] = (),
         kind: str = "custom",
+        class_names_file: Path | None = None,
     ) -> None:
         if seed < 0:
             raise InputError(f"seed must be >= 0, got {seed}")
@@ -289,6 +296,7 @@ class SegmentationDataset(Dataset):
         self.problems = list(problems)
         self.notes = list(notes)
         self.kind = kind
+        self.class_names_file = class_names_file
         self.epoch = 0
         self._table8 = _uint8_table(label_map, info.ignore_index)
 
@@ -578,7 +586,11 @@ def _label_space_file(folder: Path) -> tuple[Path, DatasetInfo | None, tuple[str
     return None
 
 
-def _custom_info(name: str, info: DatasetInfo | None, num_classes: int | None, folder: Path) -> DatasetInfo:
+def _custom_info(
+    name: str, info: DatasetInfo | None, num_classes: int | None, folder: Path
+) -> tuple[DatasetInfo, Path | None]:
+    """The label space of a folder or list dataset and the file its class names were read from
+    (None when they came from ``info`` or ``num_classes``)."""
     stored = _label_space_file(folder)
     if info is not None:
         if num_classes is not None and num_classes != info.num_classes:
@@ -603,14 +615,14 @@ def _custom_info(name: str, info: DatasetInfo | None, num_classes: int | None, f
                     f"(check that the masks use its class order)",
                     stacklevel=3,
                 )
-        return info
+        return info, None
     if stored is not None:
         path, stored_info, names = stored
         if num_classes is not None and num_classes != len(names):
             raise InputError(f"num_classes={num_classes} but {path} lists {len(names)} classes")
         if stored_info is not None:
-            return stored_info
-        return DatasetInfo(name, names, default_palette(len(names)))
+            return stored_info, path
+        return DatasetInfo(name, names, default_palette(len(names))), path
     if num_classes is None:
         raise InputError(
             f"{name} dataset needs its classes: give the class count (model.num_classes in a training "
@@ -620,7 +632,8 @@ def _custom_info(name: str, info: DatasetInfo | None, num_classes: int | None, f
         )
     if not 1 <= num_classes <= 65535:
         raise InputError(f"num_classes must be in [1, 65535], got {num_classes}")
-    return DatasetInfo(name, tuple(f"class_{i}" for i in range(num_classes)), default_palette(num_classes))
+    names = tuple(f"class_{i}" for i in range(num_classes))
+    return DatasetInfo(name, names, default_palette(num_classes)), None
 
 
 def _resolve_mask_palette(
@@ -630,15 +643,34 @@ def _resolve_mask_palette(
         return None
     if kind in ("cityscapes", "ade20k"):
         raise InputError(
-            f"mask_palette cannot be used with the {kind} layout: its masks hold raw label values that "
-            f"the layout maps to train ids; use the single-channel annotation files it ships"
+            f"a mask palette (--mask-palette / data.mask_palette) cannot be used with the {kind} layout: "
+            f"its masks hold raw label values that the layout maps to train ids; use the single-channel "
+            f"annotation files it ships"
         )
     if isinstance(mask_palette, str):
+        if mask_palette.lower() not in DATASETS:
+            raise InputError(
+                f"mask palette {mask_palette!r}: no such palette; choose one of "
+                f"{', '.join(_usable_mask_palettes())}"
+            )
         try:
             return colour_mask_palette(mask_palette)
         except ValueError as exc:
-            raise InputError(f"mask_palette: {exc}") from None
+            raise InputError(f"mask palette {mask_palette!r}: {exc}") from None
     return mask_palette
+
+
+def _usable_mask_palettes() -> list[str]:
+    """The dataset names whose palettes can read colour masks: a palette that gives two ids one
+    colour (ADE20K's) cannot map colours back to ids, so naming it would only lead to a refusal."""
+    usable = []
+    for name in sorted(DATASETS):
+        try:
+            colour_mask_palette(name)
+        except ValueError:
+            continue
+        usable.append(name)
+    return usable
 
 
 def _with_ignore_index(info: DatasetInfo, kind: str, ignore_index: int | None) -> DatasetInfo:
@@ -659,6 +691,28 @@ def _with_ignore_index(info: DatasetInfo, kind: str, ignore_index: int | None) -
     if int(ignore_index) == info.ignore_index:
         return info
     return dataclasses.replace(info, ignore_index=int(ignore_index))
+
+
+def _refuse_ignore_class(info: DatasetInfo, root: Path, names_file: Path | None) -> None:
+    """An ignore index that is also a class id: that class would get no gradient and no ground
+    truth, yet still be predicted and scored (IoU 0), so training and mIoU are silently wrong."""
+    ignore, count = info.ignore_index, info.num_classes
+    if not 0 <= ignore < count:
+        return
+    name = info.class_names[ignore]
+    unnamed = names_file is None and name == f"class_{ignore}"  # only a class count was given
+    if names_file is not None:
+        source = str(names_file)
+    else:
+        source = f"{count} classes" if unnamed else f"the {info.name} classes"
+    drop = f"use {count - 1} classes" if unnamed else f"remove {name!r} from the class list"
+    if ignore < count - 1:  # the ids above it move down: the masks must say so
+        drop += f" and rewrite the masks with ids 0..{count - 2} and the ignore value for those pixels"
+    raise InputError(
+        f"ignore index {ignore} is class {ignore} {name!r} of {root} ({source}), so that class would never "
+        f"be trained nor scored; to train {name!r}, use an ignore index outside 0..{count - 1} such as "
+        f"{255 if count <= 255 else _MAX_IGNORE_INDEX}; to ignore its pixels, {drop}"
+    )
 
 
 def detect_kind(root: str | Path) -> str:
@@ -723,6 +777,8 @@ def open_dataset(
         ignore_index: label value excluded from the loss and the metrics; None keeps the label
             space's (255). Folder/list datasets may choose another (it becomes
             ``dataset.info.ignore_index``); the public layouts map void to 255 and require 255.
+            A class id (``0 <= ignore_index < num_classes``) is refused: that class would never
+            be trained nor scored.
 
     Raises:
         DataError: layout not found, list entries missing, no samples.
@@ -744,6 +800,7 @@ def open_dataset(
     palette = _resolve_mask_palette(mask_palette, kind)
     problems = _Problems()
     label_map: LabelMap | None = None
+    names_file: Path | None = None
     if kind == "voc2012":
         samples, default_info = _voc_samples(root, split, problems), VOC2012
     elif kind == "cityscapes":
@@ -756,13 +813,15 @@ def open_dataset(
         if not root.is_dir():
             raise DataError(f"{root}: dataset folder not found")
         samples = _folder_samples(root, split, problems)
-        default_info = _custom_info(root.name or "folder", info, num_classes, root)
+        default_info, names_file = _custom_info(root.name or "folder", info, num_classes, root)
     else:
         base = Path(data_root) if data_root is not None else root.parent
         samples = _list_samples(root, base, problems)
         # the label-space file beside the list, else in the data root (the authors keep lists apart)
         has_own = _label_space_file(root.parent) is not None
-        default_info = _custom_info(root.stem, info, num_classes, root.parent if has_own else base)
+        default_info, names_file = _custom_info(
+            root.stem, info, num_classes, root.parent if has_own else base
+        )
     if info is None:
         info = default_info
     if num_classes is not None and num_classes != info.num_classes:
@@ -770,10 +829,14 @@ def open_dataset(
     if kind in _MAPPED_KINDS and ignore_index is None and info.ignore_index != IGNORE_INDEX:
         ignore_index = info.ignore_index  # an info= with another ignore value: refused just below
     info = _with_ignore_index(info, kind, ignore_index)
+    _refuse_ignore_class(info, root, names_file)
+    # a list file is its split: naming the internal "train" would only mislead
+    where = f"{root} (list)" if kind == "list" else f"{root} ({kind}, split {split!r})"
     if strict:
-        problems.raise_if_any(f"{root} ({kind}, split {split!r})")
+        problems.raise_if_any(where)
     if not samples and not problems.items:
-        raise DataError(f"{root}: no samples found for {kind} split {split!r}")
+        what = "in the list file" if kind == "list" else f"for {kind} split {split!r}"
+        raise DataError(f"{root}: no samples found {what}")
     return SegmentationDataset(
         samples,
         info,
@@ -786,4 +849,5 @@ def open_dataset(
         problems=problems.items,
         notes=problems.notes(),
         kind=kind,
+        class_names_file=names_file,
     )

@@ -103,9 +103,11 @@ def _header(path: Path, max_pixels: int, orientation: bool = True) -> _Header | 
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     if size[0] * size[1] > max_pixels:
+        reader = "read_image" if orientation else "read_mask"  # no command has an option for it
         raise DataError(
             f"{path}: image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, more than the limit "
-            f"of {max_pixels}; resize it, or raise max_pixels if this is intended"
+            f"of {max_pixels}; resize it, or if this size is intended read it in Python with "
+            f"{reader}(path, max_pixels=N)"
         )
     return _Header(size, exif_orientation, image_format)
 
@@ -379,8 +381,9 @@ def read_mask(
         if palette is None:
             raise DataError(
                 f"{path}: looks like an RGB colour mask; name the palette that maps its colours to ids "
-                f"(`--mask-palette voc2012` for verify-dataset, `data.mask_palette: voc2012` in a training "
-                f"config, `mask_palette=` in Python), or save masks as single-channel PNGs of class ids"
+                f"(`--mask-palette voc2012` for verify-dataset and eval, `data.mask_palette: voc2012` in a "
+                f"training config, `mask_palette=` in Python), or save masks as single-channel PNGs of "
+                f"class ids"
             )
         return colour_mask_to_ids(mask, palette, source=path)
     return mask
