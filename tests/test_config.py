@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import typing
+from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pspnet.config import TrainConfig, list_shipped_configs, load_config
+from pspnet.config import (
+    DatasetKind,
+    TrainConfig,
+    describe_config_source,
+    list_shipped_configs,
+    load_config,
+    resolve_config_path,
+)
 from pspnet.errors import InputError
 
 # The authors' hszhao/semseg config/*/*.yaml, transcribed by hand: (layers, crop, epochs).
@@ -119,6 +128,44 @@ def test_data_keys_for_lists_palettes_and_ignore_index():
 def test_unknown_shipped_name_lists_the_shipped_configs():
     with pytest.raises(InputError, match="ade20k_pspnet50"):
         load_config("ade21k")
+
+
+def test_a_local_file_wins_over_a_shipped_name_and_says_so(tmp_path, monkeypatch):
+    """``--config demo`` in a folder holding the user's edited ``demo.yaml`` reads that file, and the
+    line ``pspnet train`` prints names it and the shipped config it shadows."""
+    monkeypatch.chdir(tmp_path)
+    shipped = resolve_config_path("demo")
+    assert shipped.name == "demo.yaml" and shipped.parent.name == "configs"
+    assert describe_config_source("demo") == f"config: {shipped}"
+    Path("demo.yaml").write_text("model: {preset: pspnet_tiny}\noptim: {iterations: 3}\n")
+    for name in ("demo", "demo.yaml", "./demo"):
+        assert load_config(name).optim.iterations == 3, name
+        assert describe_config_source(name) == (
+            f"config: demo.yaml (a local file; it shadows the shipped config demo, which is {shipped})"
+        )
+    assert load_config(shipped).optim.iterations == 280  # the shipped one, by its path
+    Path("mine.yaml").write_text("optim: {iterations: 5}\n")
+    assert load_config("mine").optim.iterations == 5  # NAME finds NAME.yaml, shipped or not
+    assert describe_config_source("mine") == "config: mine.yaml"
+
+
+def test_the_command_prints_the_config_file_it_read(tmp_path, monkeypatch, capsys):
+    from pspnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("demo.yaml").write_text("model: {preset: pspnet_tiny}\noptim: {iterations: 3}\n")
+    assert main(["train", "--config", "demo", "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert "iterations: 3" in captured.out
+    assert captured.err.startswith("config: demo.yaml (a local file; it shadows the shipped config demo")
+
+
+def test_data_kind_names_the_dataset_layouts():
+    from pspnet.data.datasets import DATASET_KINDS
+
+    assert typing.get_args(DatasetKind) == tuple(DATASET_KINDS)
+    with pytest.raises(InputError, match=r"data\.kind: invalid value 'folder2'; expected 'auto' \|"):
+        load_config("demo", ["data.kind=folder2"])
 
 
 def test_fingerprint_ignores_where_results_go():

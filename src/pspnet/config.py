@@ -34,12 +34,15 @@ __all__ = [
     "TrainConfig",
     "apply_override",
     "config_from_dict",
+    "describe_config_source",
     "list_shipped_configs",
     "load_config",
     "resolve_config_path",
 ]
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
+DatasetKind = Literal["auto", "voc2012", "cityscapes", "ade20k", "folder", "list"]
+"""``pspnet.data.datasets.DATASET_KINDS`` (a test keeps the two equal; this module stays light)."""
 DeviceName = Literal["auto", "cpu", "cuda"]
 NonFinitePolicy = Literal["skip", "abort"]
 
@@ -93,16 +96,16 @@ class DataSection:
         ignore_index: label value ignored by the loss, the crop padding and the metrics; null =
             the dataset's own (255; a folder's ``dataset.json`` may say otherwise). Folder and list
             data may use another value; the public layouts map void to 255 and require 255.
-        mask_palette: null, or the name of a dataset (``voc2012``, ``cityscapes``, ``ade20k``,
+        mask_palette: null, or the name of a dataset (``voc2012``, ``cityscapes``,
             ``context_demo``) whose palette maps RGB colour masks to class ids (folder, list and
-            voc2012 layouts).
+            voc2012 layouts). Not ``ade20k``: its palette gives two ids one colour.
         verify: read every file before training (quick mode: ``verify_max_files``) and refuse a
             dataset with problems.
         verify_max_files: check only this many pairs (None = all).
     """
 
     root: str | None = None
-    kind: str = "auto"
+    kind: DatasetKind = "auto"
     dataset: str | None = None
     train_split: str = "train"
     val_split: str | None = "val"
@@ -475,18 +478,50 @@ def list_shipped_configs() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _shipped_config(name_or_path: str | Path) -> Path | None:
+    """The shipped config a bare name (``demo`` or ``demo.yaml``) means, if there is one."""
+    path = Path(name_or_path)
+    if path.parent != Path("."):
+        return None
+    shipped = resources.files("pspnet") / "configs" / f"{path.name.removesuffix('.yaml')}.yaml"
+    return Path(str(shipped)) if shipped.is_file() else None
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A config file path: an existing file, else a shipped config name (``demo``, ``ade20k_pspnet50``)."""
+    """The config file that ``--config`` / :func:`load_config` reads: an existing file always wins
+    (a name without ``.yaml`` also finds ``NAME.yaml``: a local ``demo.yaml`` is read for
+    ``demo``, shadowing the shipped one); else a shipped config name (``demo``,
+    ``ade20k_pspnet50``). :func:`describe_config_source` says which one was meant.
+    """
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = resources.files("pspnet") / "configs" / f"{path.name.removesuffix('.yaml')}.yaml"
-    if path.parent == Path(".") and shipped.is_file():
-        return Path(str(shipped))
+    local = path.with_name(f"{path.name}.yaml") if path.suffix == "" and path.name else None
+    if local is not None and local.is_file():
+        return local
+    shipped = _shipped_config(path)
+    if shipped is not None:
+        return shipped
     raise InputError(
         f"config {str(name_or_path)!r}: no such file and not a shipped config; "
         f"shipped configs: {', '.join(list_shipped_configs())}"
     )
+
+
+def describe_config_source(name_or_path: str | Path) -> str:
+    """One line naming the file ``name_or_path`` resolves to (``pspnet train`` prints it), and the
+    shipped config that a local file of the same name shadows: a copy edited in another folder,
+    or the shipped one read by mistake, is seen at once.
+
+    Raises:
+        InputError: as :func:`resolve_config_path`.
+    """
+    file = resolve_config_path(name_or_path)
+    line = f"config: {file}"
+    shipped = _shipped_config(name_or_path)
+    if shipped is not None and file != shipped:
+        line += f" (a local file; it shadows the shipped config {shipped.stem}, which is {shipped})"
+    return line
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

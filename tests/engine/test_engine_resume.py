@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,7 +164,7 @@ def test_diverged_before_any_checkpoint_the_advice_does_not_name_one(tmp_path):
     out = tmp_path / "run"
     settings = {"optim.iterations": 20, "output.checkpoint_interval": 100}
     message = _diverge(out, settings)
-    assert "No checkpoint was written yet" in message and "/last" not in message
+    assert "No checkpoint was written before it diverged" in message and "/last" not in message
     _finish(out, settings)
 
 
@@ -237,6 +238,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert victim.returncode == -signal.SIGKILL
     assert not (out / "model.safetensors").exists()  # it really died before the end
     assert full.wait(timeout=300) == 0, full.stderr.read().decode()
+    assert (out / ".lock").exists()  # the killed run could not remove its lock
     resumed = _run(script, tiny_overrides(out, resume=True, **RUN), 0.0)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    note = f"note: {out / '.lock'} was left by pid {victim.pid} on {socket.gethostname()}, which is gone"
+    assert note in resumed.stderr.read().decode()  # stale: taken over
+    assert not (out / ".lock").exists()
     assert_same_weights(tmp_path / "full" / "model.safetensors", out / "model.safetensors")

@@ -277,8 +277,10 @@ def test_class_count_mismatch_is_refused(tmp_path):
 def test_existing_run_needs_resume(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path / "run", **{"optim.iterations": 2}))
     train(cfg, TinyDataset(8))
-    with pytest.raises(InputError, match="--resume"):
+    with pytest.raises(InputError, match="--resume") as info:
         train(cfg, TinyDataset(8))
+    # the Python API has no flags: the message also names what to set there
+    assert "resume=True" in str(info.value) and "output.dir" in str(info.value)
 
 
 def test_micro_batch_of_one_is_refused_with_the_change_that_helps(tmp_path):

@@ -125,7 +125,8 @@ def test_disk_full_through_the_cli_is_one_line_and_resume_works(
     with disk_fills_up(_FAULTS["state.pt"]()):
         assert main(argv) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
+    assert len(err) == 2 and err[0].startswith("config: "), err  # which file was read, then the error
+    err = err[1:]
     assert err[0].startswith("pspnet train: error: checkpoint ") and "disk full" in err[0]
     assert "Traceback" not in err[0] and "--resume" in err[0]
     assert (out / "last").read_text().strip() == "checkpoints/iter_00000002"

@@ -42,7 +42,9 @@ def _evil_pickle(path: Path, marker: Path) -> Path:
 
 
 def _err_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    """stderr lines, less ``pspnet train``'s informational ``config: PATH`` line."""
+    err = capsys.readouterr().err.splitlines()
+    return [line for line in err if line.strip() and not line.startswith("config: ")]
 
 
 def test_a_planted_training_state_is_refused_on_resume(

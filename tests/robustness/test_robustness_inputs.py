@@ -61,7 +61,9 @@ def _png(path: Path, array: np.ndarray) -> Path:
 
 
 def _err_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    """stderr lines, less ``pspnet train``'s informational ``config: PATH`` line."""
+    err = capsys.readouterr().err.splitlines()
+    return [line for line in err if line.strip() and not line.startswith("config: ")]
 
 
 def _padded_labels(model: torch.nn.Module, image: np.ndarray, crop: int = CROP) -> np.ndarray:

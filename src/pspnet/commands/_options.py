@@ -147,43 +147,26 @@ def check_inference_options(args: argparse.Namespace) -> None:
     )
 
 
-def _colour_palettes() -> list[str]:
-    """The dataset names whose palettes can read colour masks (a palette that gives two ids one
-    colour cannot map colours back to ids, so it is left out)."""
-    from pspnet.data.info import DATASETS, colour_mask_palette
-
-    usable = []
-    for name in sorted(DATASETS):
-        try:
-            colour_mask_palette(name)
-        except ValueError:
-            continue
-        usable.append(name)
-    return usable
-
-
 def add_mask_palette_argument(parser: argparse.ArgumentParser) -> None:
     """``--mask-palette NAME`` of verify-dataset and eval: a dataset that verifies must also be
     readable by eval, so both take RGB colour masks the same way (``open_dataset(mask_palette=)``)."""
+    from pspnet.data.info import usable_mask_palettes
+
     parser.add_argument(
         "--mask-palette",
         default=None,
         metavar="NAME",
-        help=f"read RGB colour masks with this dataset's colours ({', '.join(_colour_palettes())}; "
+        help=f"read RGB colour masks with this dataset's colours ({', '.join(usable_mask_palettes())}; "
         f"voc2012 maps VOC's void border colour to 255)",
     )
 
 
 def check_mask_palette(name: str | None) -> None:
     """``--mask-palette`` names a usable palette, checked before the model and the data are loaded."""
-    from pspnet.data.info import DATASETS, colour_mask_palette
+    from pspnet.data.info import colour_mask_palette
 
     if name is None:
         return
-    if name.lower() not in DATASETS:
-        raise InputError(
-            f"--mask-palette {name}: no such palette; choose one of {', '.join(_colour_palettes())}"
-        )
     try:
         colour_mask_palette(name)
     except ValueError as exc:

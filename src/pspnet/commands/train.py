@@ -15,13 +15,19 @@ DESCRIPTION = (
     f"CONFIG is a YAML file or a shipped config name ({', '.join(list_shipped_configs())}); the "
     "paper-size ones start from random weights unless model.backbone_weights names the authors' "
     "ImageNet ResNet (nothing is downloaded). Writes OUT/checkpoints/, OUT/last, "
-    "OUT/metrics.jsonl, OUT/best.safetensors and OUT/model.safetensors. Multi-GPU: "
+    "OUT/metrics.jsonl, OUT/best.safetensors and OUT/model.safetensors, and holds OUT/.lock while it "
+    "runs (one run per output folder). Multi-GPU: "
     "torchrun --nproc_per_node N -m pspnet.cli train ..."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML file or shipped config name")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML file or shipped config name (a local NAME.yaml wins over the shipped NAME; the file "
+        "read is printed as 'config: PATH')",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -32,13 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
     parser.add_argument("--out", default=None, help="output folder (overrides output.dir)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="check the config as a training start would (keys, values, preset, dataset and palette "
+        "names, device and amp on this machine; no data or model is loaded), print it and exit; "
+        "exit status 2 with the problem otherwise",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.config import load_config
+    from pspnet.config import describe_config_source, load_config
     from pspnet.engine.distributed import same_on_every_rank
     from pspnet.engine.train import NonFiniteLossError, train
+    from pspnet.engine.train_setup import check_config
     from pspnet.errors import InputError
 
     overrides = list(args.overrides)
@@ -52,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:
         same_on_every_rank(exc)
         raise
+    if main_rank:  # which file was read: an edited copy elsewhere, or a local one shadowing a shipped one
+        print(describe_config_source(args.config), file=sys.stderr)
     if args.print_config:
+        check_config(config)  # what train() checks first: a config is checked before a queue wait
         print(config.to_yaml(), end="")
         return 0
     try:

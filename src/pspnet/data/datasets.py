@@ -59,7 +59,6 @@ from pspnet.data.imageio import IMAGE_EXTENSIONS, MASK_EXTENSIONS, image_orienta
 from pspnet.data.info import (
     ADE20K,
     CITYSCAPES,
-    DATASETS,
     IGNORE_INDEX,
     VOC2012,
     DatasetInfo,
@@ -648,29 +647,11 @@ def _resolve_mask_palette(
             f"annotation files it ships"
         )
     if isinstance(mask_palette, str):
-        if mask_palette.lower() not in DATASETS:
-            raise InputError(
-                f"mask palette {mask_palette!r}: no such palette; choose one of "
-                f"{', '.join(_usable_mask_palettes())}"
-            )
         try:
             return colour_mask_palette(mask_palette)
         except ValueError as exc:
             raise InputError(f"mask palette {mask_palette!r}: {exc}") from None
     return mask_palette
-
-
-def _usable_mask_palettes() -> list[str]:
-    """The dataset names whose palettes can read colour masks: a palette that gives two ids one
-    colour (ADE20K's) cannot map colours back to ids, so naming it would only lead to a refusal."""
-    usable = []
-    for name in sorted(DATASETS):
-        try:
-            colour_mask_palette(name)
-        except ValueError:
-            continue
-        usable.append(name)
-    return usable
 
 
 def _with_ignore_index(info: DatasetInfo, kind: str, ignore_index: int | None) -> DatasetInfo:

@@ -21,6 +21,7 @@ __all__ = [
     "colour_mask_palette",
     "default_palette",
     "get_dataset_info",
+    "usable_mask_palettes",
 ]
 
 IGNORE_INDEX = 255
@@ -525,7 +526,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     """Look up a dataset description by name (case-insensitive)."""
     key = name.lower()
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
     return DATASETS[key]
 
 
@@ -538,8 +539,11 @@ def colour_mask_palette(name: str) -> tuple[tuple[int, int, int], ...]:
     like the palette PNGs VOC ships; for the other datasets it is the class palette.
 
     Raises:
-        ValueError: unknown name, or a palette that gives two ids one colour (ambiguous).
+        ValueError: unknown name ("no such palette", with the usable ones), or a palette that gives
+            two ids one colour (ambiguous). Callers prefix the option or key that named it.
     """
+    if name.lower() not in DATASETS:
+        raise ValueError(f"no such palette; choose one of {', '.join(usable_mask_palettes())}")
     info = get_dataset_info(name)
     palette = default_palette(256) if info.name == "voc2012" else info.palette
     first: dict[tuple[int, int, int], int] = {}
@@ -551,3 +555,16 @@ def colour_mask_palette(name: str) -> tuple[tuple[int, int, int], ...]:
             )
         first[colour] = cid
     return palette
+
+
+def usable_mask_palettes() -> list[str]:
+    """Dataset names whose palettes can read colour masks. A palette that gives two ids one colour
+    (ADE20K's) cannot map colours back to ids, so offering it would only lead to a refusal."""
+    usable = []
+    for name in sorted(DATASETS):
+        try:
+            colour_mask_palette(name)
+        except ValueError:
+            continue
+        usable.append(name)
+    return usable

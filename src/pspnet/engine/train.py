@@ -42,6 +42,7 @@ from pspnet.engine.sampler import EpochStreamSampler
 from pspnet.engine.train_log import METRICS_NAME, TrainLogger
 from pspnet.engine.train_setup import (
     build_model,
+    check_config,
     open_train_datasets,
     resolve_amp,
     resolve_device,
@@ -53,9 +54,12 @@ from pspnet.errors import DataError, InputError, PeerLostError, PSPNetError
 from pspnet.io.checkpoint import atomic_write, load_state_dict_into, save_model
 from pspnet.io.train_state import (
     BEST_NAME,
+    OutputLock,
     capture_rng,
+    checkpoint_name,
     find_last_checkpoint,
     load_checkpoint,
+    lock_output,
     restore_rng,
     save_checkpoint,
 )
@@ -168,8 +172,8 @@ def _refuse_used_output(out: Path) -> None:
     ]
     if used:
         raise InputError(
-            f"{out} already holds a training run ({', '.join(used)}); pass --resume to continue it "
-            "or choose a new --out"
+            f"{out} already holds a training run ({', '.join(used)}); pass --resume (resume=True in "
+            "Python) to continue it, or choose a new --out (output.dir)"
         )
 
 
@@ -178,13 +182,22 @@ MAX_SKIPS_IN_A_ROW = 20
 this many in a row means the model diverged even if its weights are still finite (huge)."""
 
 
-def _diverged_message(iteration: int, out: Path, what: str = "the weights hold NaN/inf") -> str:
-    """What to do when training diverged: advice that the resume check accepts."""
+def _diverged_message(
+    iteration: int, out: Path, what: str = "the weights hold NaN/inf", streak_start: int | None = None
+) -> str:
+    """What to do when training diverged: advice that the resume check accepts. ``OUT/last`` names
+    a checkpoint written before any run of non-finite steps (none is written during one)."""
     last = find_last_checkpoint(out)
     if last is None:
         way_out = (
-            "No checkpoint was written yet: rerun with --resume (which starts over when there is no "
-            "checkpoint) and a lower optim.base_lr"
+            "No checkpoint was written before it diverged: rerun with --resume (which starts over when "
+            "there is no checkpoint) and a lower optim.base_lr"
+        )
+    elif streak_start is not None and last.name == checkpoint_name(streak_start - 1):
+        way_out = (
+            f"The last checkpoint, {last}, holds the weights whose loss was non-finite at iteration "
+            f"{streak_start}, so a resume from it diverges again: start over in a new --out with a lower "
+            "optim.base_lr"
         )
     else:
         way_out = (
@@ -216,7 +229,9 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
     writes files, logs and the progress bar.
 
     Raises:
-        InputError / DataError: bad settings or data, named with the fix, before training starts.
+        InputError / DataError: bad settings or data, named with the fix, before training starts;
+            also when another run uses ``output.dir`` (it holds ``OUT/.lock``, see
+            :func:`~pspnet.io.train_state.lock_output`).
         NonFiniteLossError: a NaN/inf loss with ``nonfinite: abort``.
     """
     config.validate()
@@ -231,7 +246,10 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
         torch.backends.cudnn.deterministic,
     )
     started: list[bool] = []  # appended to when the first step begins
+    lock: OutputLock | None = None
     try:
+        check_config(config)
+        lock = _lock_output(Path(config.output.dir), ctx)
         return _train(config, ctx, train_dataset, val_dataset, started)
     except PeerLostError:
         raise
@@ -245,9 +263,30 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
             same_on_every_rank(exc)
         raise
     finally:
+        if lock is not None:
+            lock.release()
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
         cleanup_distributed()
+
+
+def _lock_output(out: Path, ctx: DistContext) -> OutputLock | None:
+    """Rank 0 takes ``OUT/.lock`` (two runs writing one folder interleave their checkpoints and
+    logs); when it cannot, every rank stops with its message instead of waiting for rank 0."""
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            lock = lock_output(out)
+        except (PSPNetError, OSError) as exc:
+            error = exc
+    if ctx.enabled:
+        shared = [str(error) if error is not None else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        if shared[0] is not None and error is None:
+            error = InputError(shared[0])
+    if error is not None:
+        raise error
+    return lock
 
 
 def _train(
@@ -264,10 +303,7 @@ def _train(
     # --- data
     from pspnet.models.registry import get_preset
 
-    try:
-        preprocess = get_preset(config.model.preset).preprocess
-    except ValueError as exc:
-        raise InputError(f"model.preset: {exc}") from exc
+    preprocess = get_preset(config.model.preset).preprocess  # a known name: check_config
     from_config = train_dataset is None
     if from_config:
         train_dataset, config_val = open_train_datasets(config, preprocess)
@@ -444,7 +480,7 @@ def _train(
     images_per_step = micro * o.accumulate * ctx.world_size
     run_start = time.perf_counter()
     window_start, window_losses, window_aux, window_total, window_steps = run_start, [], [], [], 0
-    skips_in_a_row = 0
+    skips_in_a_row = 0  # a run of non-finite steps: no checkpoint is written while it lasts
     run_steps, paused = 0, 0.0  # paused: validation and checkpoint time, not training throughput
     if epoch_step >= steps_per_epoch:  # resumed on another number of ranks: epochs got shorter
         epoch, epoch_step = epoch + 1, 0
@@ -500,8 +536,11 @@ def _train(
                 raise NonFiniteLossError(_diverged_message(iteration + 1, out))
             skips_in_a_row += 1
             if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:  # finite but useless weights: same end
-                what = f"the last {skips_in_a_row} steps in a row had a non-finite loss"
-                raise NonFiniteLossError(_diverged_message(iteration + 1, out, what))
+                first = iteration + 2 - skips_in_a_row
+                what = (
+                    f"the last {skips_in_a_row} steps in a row (from iteration {first}) had a non-finite loss"
+                )
+                raise NonFiniteLossError(_diverged_message(iteration + 1, out, what, first))
             skipped.append(iteration)
             all_indices = indices
             if ctx.enabled:
@@ -571,16 +610,24 @@ def _train(
         if (ckpt > 0 and iteration % ckpt == 0) or iteration == max_iter:
             if not all_finite():  # every rank holds the same weights, so every rank stops
                 raise NonFiniteLossError(_diverged_message(iteration, out))
-            if ctx.is_main:
-                save_checkpoint(
-                    out,
-                    raw_model,
-                    checkpoint_state(),
-                    config_yaml,
-                    iteration=iteration,
-                    keep_last=config.output.keep_last,
+            if skips_in_a_row and iteration < max_iter:
+                # The weights that gave these non-finite losses may have diverged: OUT/last stays at
+                # a checkpoint from before the streak, the one to resume from if the run stops.
+                logger.message(
+                    f"iteration {iteration}: no checkpoint while steps are being skipped (the last "
+                    f"{skips_in_a_row} had a non-finite loss)"
                 )
-            barrier(config.dist_timeout_s, f"checkpoint {iteration}")
+            else:
+                if ctx.is_main:
+                    save_checkpoint(
+                        out,
+                        raw_model,
+                        checkpoint_state(),
+                        config_yaml,
+                        iteration=iteration,
+                        keep_last=config.output.keep_last,
+                    )
+                barrier(config.dist_timeout_s, f"checkpoint {iteration}")
         pause = time.perf_counter() - pause_start
         paused += pause
         window_start += pause

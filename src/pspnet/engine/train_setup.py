@@ -22,6 +22,8 @@ from pspnet.errors import DataError, InputError
 
 __all__ = [
     "build_model",
+    "check_config",
+    "check_mask_palette",
     "open_train_datasets",
     "resolve_amp",
     "resolve_device",
@@ -30,6 +32,47 @@ __all__ = [
     "set_train_mode",
     "verify_or_refuse",
 ]
+
+
+def check_config(config: TrainConfig) -> None:
+    """The checks of a training start that need neither data nor a model: the preset, label space
+    and mask palette names, and whether this machine has the device and precision asked for.
+
+    Training runs them first, and ``pspnet train --print-config`` runs them too, so that a config
+    can be checked (with the same messages) before its job waits in a queue.
+
+    Raises:
+        InputError: naming the key, the value and the allowed ones.
+    """
+    from pspnet.data.info import DATASETS
+    from pspnet.models.registry import get_preset
+
+    try:
+        get_preset(config.model.preset)
+    except ValueError as exc:
+        raise InputError(f"model.preset: {exc}") from None
+    d = config.data
+    if d.dataset is not None and d.dataset.lower() not in DATASETS:
+        raise InputError(
+            f"data.dataset: unknown dataset {d.dataset!r}; choose one of {', '.join(sorted(DATASETS))} "
+            "(or null for the data's own classes)"
+        )
+    if d.mask_palette is not None:
+        check_mask_palette(d.mask_palette)
+    device = resolve_device(config.device, 0)
+    if device.type != "cuda":  # on CUDA every amp mode is valid (and the check would start CUDA)
+        resolve_amp(config.optim.amp, device)
+
+
+def check_mask_palette(name: str) -> None:
+    """Refuse a ``data.mask_palette`` that names no dataset, or one whose palette gives two ids the
+    same colour (ADE20K's: its colour masks cannot be read back)."""
+    from pspnet.data.info import colour_mask_palette
+
+    try:
+        colour_mask_palette(name)
+    except ValueError as exc:
+        raise InputError(f"data.mask_palette={name}: {exc}") from None
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:

@@ -7,6 +7,7 @@ Layout of an output folder::
                                  /config.yaml         the resolved training config
     OUT/last                                          text: "checkpoints/iter_00001000"
     OUT/best.safetensors                              best validation mIoU so far
+    OUT/.lock                                         pid and host of the run using OUT (while it runs)
 
 A checkpoint is written into a hidden temporary folder and renamed into place; ``OUT/last`` is
 rewritten (atomically) only after that rename. A kill during the write therefore leaves the
@@ -20,10 +21,16 @@ failed write (disk full) removes the temporary folder at once and raises a one-l
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
+import socket
+import sys
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +52,14 @@ __all__ = [
     "BEST_NAME",
     "CHECKPOINT_DIR",
     "LAST_NAME",
+    "LOCK_NAME",
+    "OutputLock",
     "capture_rng",
     "checkpoint_name",
     "find_last_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "lock_output",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -58,6 +68,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last"
 BEST_NAME = "best.safetensors"
 MODEL_FILE = "model.safetensors"
+LOCK_NAME = ".lock"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 _TMP_PREFIX = ".tmp-"
@@ -231,3 +242,138 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Ten
     if not isinstance(state, dict):
         raise InputError(f"{folder / STATE_FILE}: not a pspnet training state")
     return tensors, state
+
+
+# ----------------------------------------------------------------------------- the output lock
+
+
+@dataclass
+class OutputLock:
+    """``OUT/.lock`` held by this process; :meth:`release` removes it (only if it is still ours).
+
+    Attributes:
+        path: the lock file. content: what this process wrote into it (its identity).
+        made_dir: the output folder when taking the lock created it (removed again if still empty).
+    """
+
+    path: Path
+    content: str
+    made_dir: Path | None = None
+
+    def release(self) -> None:
+        try:
+            if self.path.read_text(encoding="utf-8") == self.content:
+                self.path.unlink()
+        except OSError:
+            pass  # gone already (deleted by hand): nothing to release
+        if self.made_dir is not None:
+            with contextlib.suppress(OSError):  # only when empty: a run refused before writing anything
+                self.made_dir.rmdir()
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The holder recorded in a lock file; None when it names no process. A lock file is created
+    empty and written just after, so an empty one is read again for a moment.
+
+    Raises:
+        FileNotFoundError: the lock is gone (released meanwhile).
+    """
+    for _ in range(20):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return None
+        try:
+            holder = json.loads(text)
+        except json.JSONDecodeError:
+            holder = None
+        if isinstance(holder, dict) and isinstance(holder.get("host"), str):
+            pid = holder.get("pid")
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+                return holder
+        time.sleep(0.05)
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: cannot check, assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    except (OSError, OverflowError, ValueError):  # a pid no process can have
+        return False
+    return True
+
+
+def lock_output(out_dir: str | os.PathLike[str]) -> OutputLock:
+    """Take ``OUT/.lock`` (created atomically, holding this process's pid and host) so that a second
+    training run cannot write into the same output folder: two runs there interleave their
+    checkpoints, ``last`` and ``metrics.jsonl``.
+
+    A lock left by a process of this host that no longer runs (a killed run) is taken over, with a
+    one-line note on stderr; a lock of another host cannot be checked and is respected.
+
+    Raises:
+        InputError: another live run holds the lock (or it is on another host, or unreadable);
+            the message names the lock file to delete if that run is gone.
+    """
+    out = Path(out_dir)
+    path = out / LOCK_NAME
+    made_dir = None if out.is_dir() else out
+    host = socket.gethostname()
+    content = json.dumps({"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = storage_error(out, exc)
+        if error is None:
+            raise
+        raise error from exc
+    for _ in range(3):  # a stale lock taken over by another process at the same moment: look again
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = _read_lock(path)
+            except FileNotFoundError:  # released in between
+                continue
+            if holder is None:
+                raise InputError(
+                    f"{out} may be in use: {path} exists but does not name a process; delete {path} if no "
+                    "run uses this folder"
+                ) from None
+            pid, other = holder["pid"], holder["host"]
+            if other != host:
+                raise InputError(
+                    f"{out} is in use by pid {pid} on {other} ({path}); this machine cannot check that "
+                    f"process: wait for it, or delete {path} if that run is gone"
+                ) from None
+            if _pid_alive(pid):
+                raise InputError(
+                    f"{out} is in use by pid {pid} on {other} ({path}); wait for it, or delete the lock if "
+                    "that run is gone"
+                ) from None
+            # Stale: its process died without releasing it (SIGKILL, power cut). Remove it only if it
+            # is still that one, then race for the new lock like any other starter.
+            # (Two starters judging the same stale lock in the same microseconds could still both
+            # run; a kernel lock would close that window but is unreliable on network file systems.)
+            with contextlib.suppress(FileNotFoundError):
+                if _read_lock(path) == holder:
+                    path.unlink(missing_ok=True)
+                    print(
+                        f"note: {path} was left by pid {pid} on {host}, which is gone; taking it over",
+                        file=sys.stderr,
+                    )
+            continue
+        try:
+            os.write(fd, content.encode("utf-8"))
+        finally:
+            os.close(fd)
+        return OutputLock(path, content, made_dir)
+    raise InputError(f"{out}: could not take {path} (other runs are starting there); wait for them")
