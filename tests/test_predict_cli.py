@@ -124,7 +124,8 @@ def test_predict_command_writes_label_pngs_and_skips_a_corrupt_input(
     captured = capsys.readouterr()
     assert status == 1
     errors = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert len(errors) == 2 and "broken.png" in errors[1]
+    assert "note: skipped 1 file(s) in" in errors[0] and "not images by suffix (.txt)" in errors[0]
     assert "1 input(s) failed" in captured.out
     expected_files = {f"{s}{suffix}" for s in "abc" for suffix in (".png", "_overlay.jpg", "_confidence.png")}
     assert {p.name for p in out.iterdir()} == expected_files  # nothing for broken.png, no temp files
@@ -215,6 +216,7 @@ def test_predict_command_skips_an_image_too_small_for_the_network(
     )
     err = capsys.readouterr().err
     assert "tiny.png" in err and err.count("\n") == 1
+    assert "--mode slide" in err and "mode='slide' pads" not in err  # the CLI's spelling, not Python's
     assert sorted(p.name for p in out.iterdir()) == ["big.png", "big_overlay.jpg"]
 
 
@@ -321,3 +323,220 @@ def test_predict_command_does_not_claim_to_write_when_every_input_fails(
     captured = capsys.readouterr()
     assert "wrote" not in captured.out and "no prediction written: all 1 input(s) failed" in captured.err
     assert not out.exists()
+
+
+def _predict(model_path: Path, *args: str) -> int:
+    return main(["predict", "--model", str(model_path), "--no-progress", "--device", "cpu", *args])
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_predict_command_recursive_mirrors_the_tree_and_says_what_it_skips(
+    model: torch.nn.Module, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    images = {
+        "cover.png": _image(20, 24, 30),
+        "2023/a.png": _image(21, 25, 31),
+        "2024/trip/a.png": _image(22, 26, 32),  # same name as 2023/a.png
+    }
+    for rel, rgb in images.items():
+        _write_png(photos / rel, rgb)
+    _write_png(photos / ".thumbs" / "hidden.png", _image(20, 20, 33))  # hidden folder: never searched
+    (photos / "empty").mkdir()  # holds no image: not worth a note
+
+    out = tmp_path / "flat"
+    assert _predict(model_path, str(photos), "--out", str(out), "--no-overlay") == 0
+    captured = capsys.readouterr()
+    assert _files(out) == {"cover.png"}  # the flat layout of a plain run is unchanged
+    assert captured.err.splitlines() == [
+        f"pspnet predict: note: skipped 2 sub-folder(s) of {photos} (not searched; pass --recursive)"
+    ]
+
+    out = tmp_path / "tree"
+    assert _predict(model_path, str(photos), "--out", str(out), "--recursive", "--no-overlay") == 0
+    assert capsys.readouterr().err == ""
+    assert _files(out) == set(images)
+    for rel, rgb in images.items():
+        assert np.array_equal(np.array(Image.open(out / rel)), predict(model, rgb).labels), rel
+
+    # --out inside the input tree: a second run does not predict the first run's outputs
+    inner = photos / "pred"
+    for _ in range(2):
+        assert _predict(model_path, str(photos), "--out", str(inner), "-r", "--no-overlay") == 0
+    assert _files(inner) == set(images)
+
+
+def test_predict_command_no_images_error_names_the_sub_folders(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    albums = tmp_path / "albums"
+    _write_png(albums / "2023" / "x.png", _image(20, 20, 34))
+    _write_png(albums / "2024" / "y.png", _image(20, 20, 35))
+    assert _predict(model_path, str(albums), "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no images found in {albums}" in err
+    assert "2 sub-folder(s) with images are not searched: pass --recursive" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_command_globs_span_folders_with_double_star(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "g"
+    for rel in ("top.png", "s/mid.png", "s/t/deep.png"):
+        _write_png(root / rel, _image(20, 20, len(rel)))
+    pattern = str(root / "**" / "*.png")
+    assert _predict(model_path, pattern, "--out", str(tmp_path / "flat"), "--no-overlay") == 0
+    assert _files(tmp_path / "flat") == {"top.png", "mid.png", "deep.png"}
+    assert _predict(model_path, pattern, "--out", str(tmp_path / "tree"), "-r", "--no-overlay") == 0
+    assert _files(tmp_path / "tree") == {"top.png", "s/mid.png", "s/t/deep.png"}
+    # same names in two sub-folders: flat outputs would collide; the message points at --recursive
+    _write_png(root / "s" / "t" / "top.png", _image(20, 20, 40))
+    assert _predict(model_path, pattern, "--out", str(tmp_path / "clash"), "--no-overlay") == 2
+    err = capsys.readouterr().err
+    assert "would both write" in err and "pass --recursive" in err and err.count("\n") == 1
+
+
+def test_predict_command_skips_hidden_files_of_a_folder(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """macOS' ._* AppleDouble files (and .DS_Store) sit beside every image on a copied folder."""
+    folder = tmp_path / "mac"
+    _write_png(folder / "a.png", _image(20, 20, 41))
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(200))
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(64))
+    out = tmp_path / "o"
+    assert _predict(model_path, str(folder), "--out", str(out)) == 0
+    assert capsys.readouterr().err == ""
+    assert _files(out) == {"a.png", "a_overlay.jpg"}
+    # a hidden file named explicitly is read
+    _write_png(folder / ".b.png", _image(20, 20, 42))
+    assert _predict(model_path, str(folder / ".b.png"), "--out", str(out), "--no-overlay") == 0
+    assert (out / ".b.png").is_file()
+
+
+def test_predict_command_counts_skipped_files_and_broken_links(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pspnet.data.imageio import IMAGE_EXTENSIONS
+
+    folder = tmp_path / "mixed"
+    _write_png(folder / "ok.png", _image(20, 20, 43))
+    others = [".txt", ".json", ".json", ".xyz", ".abc", ".csv", ""]  # 6 distinct, listed up to 5
+    assert not set(others) & set(IMAGE_EXTENSIONS)
+    for i, suffix in enumerate(others):
+        (folder / f"f{i}{suffix}").write_text("x")
+    (folder / "gone.png").symlink_to(tmp_path / "missing" / "photo.png")
+    assert _predict(model_path, str(folder), "--out", str(tmp_path / "o")) == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [
+        f"pspnet predict: note: skipped 7 file(s) in {folder} that are not images by suffix "
+        "(.json, no suffix, .abc, .csv, .txt, ...); give a file by name to read it anyway",
+        f"pspnet predict: note: skipped 1 broken symbolic link(s) in {folder} (the file they point to "
+        f"does not exist): {folder / 'gone.png'}",
+    ]
+    assert _files(tmp_path / "o") == {"ok.png", "ok_overlay.jpg"}
+
+
+def test_predict_command_refuses_inputs_whose_outputs_share_a_name(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --confidence the label PNG of a_confidence.jpg is a.jpg's confidence map."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    Image.fromarray(_image(30, 40, 44)).save(shots / "a.jpg")
+    Image.fromarray(_image(20, 24, 45)).save(shots / "a_confidence.jpg")
+    out = tmp_path / "o"
+    missing_model = tmp_path / "missing.safetensors"  # refused before the model is even opened
+    assert _predict(missing_model, str(shots), "--out", str(out), "--confidence") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"{shots / 'a.jpg'} and {shots / 'a_confidence.jpg'} would both write {out / 'a_confidence.png'}"
+        in err
+    )
+    assert not out.exists()
+    assert _predict(model_path, str(shots), "--out", str(out)) == 0  # no confidence maps: no clash
+    assert _files(out) == {"a.png", "a_overlay.jpg", "a_confidence.png", "a_confidence_overlay.jpg"}
+
+
+def test_predict_command_replaces_an_earlier_run_and_removes_its_stale_companions(
+    model: torch.nn.Module, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = _image(30, 40, 46)
+    path = _write_png(tmp_path / "in" / "a.png", image)
+    out = tmp_path / "o"
+    _write_png(out / "unrelated_overlay.jpg", _image(8, 8, 47))  # not an output of this run's inputs
+    assert _predict(model_path, str(path), "--out", str(out), "--confidence") == 0
+    assert capsys.readouterr().out == f"wrote 1 prediction(s) to {out}\n"
+    (out / "a.png").write_bytes(b"old")  # mark the first run's label PNG
+    assert _predict(model_path, str(path), "--out", str(out), "--no-overlay") == 0
+    assert capsys.readouterr().out == (
+        f"wrote 1 prediction(s) to {out} (replaced 1 existing file(s); "
+        "removed 2 stale overlay/confidence file(s) of an earlier run)\n"
+    )
+    assert _files(out) == {"a.png", "unrelated_overlay.jpg"}  # one image, one run's outputs
+    assert np.array_equal(np.array(Image.open(out / "a.png")), predict(model, image).labels)
+
+
+def test_predict_command_never_removes_another_inputs_output_as_stale(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --confidence, a_confidence.png is a.png's stale name but a_confidence.jpg's label PNG."""
+    first = _write_png(tmp_path / "in" / "a_confidence.png", _image(20, 20, 48))
+    second = _write_png(tmp_path / "in" / "a.png", _image(20, 20, 49))
+    out = tmp_path / "o"
+    assert _predict(model_path, str(first), str(second), "--out", str(out), "--no-overlay") == 0
+    assert _files(out) == {"a.png", "a_confidence.png"}
+    assert "removed" not in capsys.readouterr().out
+    # nor an input: --out = the input folder, where a_overlay.jpg is a photo, not a's old overlay
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, seed in (("a.jpg", 50), ("a_overlay.jpg", 51)):
+        Image.fromarray(_image(20, 20, seed)).save(photos / name)
+    photo = (photos / "a_overlay.jpg").read_bytes()
+    assert _predict(model_path, str(photos), "--out", str(photos), "--no-overlay") == 0
+    assert (photos / "a_overlay.jpg").read_bytes() == photo
+    assert _files(photos) == {"a.jpg", "a_overlay.jpg", "a.png", "a_overlay.png"}
+
+
+@pytest.mark.parametrize("fail_in", ["save_label_png", "save_image"])
+def test_predict_command_interrupted_image_keeps_one_runs_outputs(
+    model_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fail_in: str,
+) -> None:
+    """Ctrl-C while b's outputs are written: a keeps its full set; b keeps the earlier run's full
+    set if nothing of it was replaced yet (interrupted in the label PNG), else nothing."""
+    import pspnet.viz
+
+    folder = tmp_path / "in"
+    for stem, seed in (("a", 50), ("b", 51)):
+        _write_png(folder / f"{stem}.png", _image(20, 20, seed))
+    out = tmp_path / "o"
+    old = {f"b{suffix}": suffix.encode() for suffix in (".png", "_overlay.jpg", "_confidence.png")}
+    out.mkdir()
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+    real = getattr(pspnet.viz, fail_in)
+
+    def interrupted(path: Path, *args: object, **kwargs: object) -> Path:
+        if Path(path).name.startswith("b"):
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pspnet.viz, fail_in, interrupted)
+    assert _predict(model_path, str(folder), "--out", str(out), "--confidence") == 130
+    assert "interrupted" in capsys.readouterr().err
+    names = {p.name for p in out.iterdir()}  # also shows that no temporary file is left
+    a_set = {"a.png", "a_overlay.jpg", "a_confidence.png"}
+    if fail_in == "save_label_png":
+        assert names == a_set | set(old)
+        assert {name: (out / name).read_bytes() for name in old} == old
+    else:
+        assert names == a_set

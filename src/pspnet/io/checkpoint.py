@@ -15,8 +15,8 @@ import json
 import os
 import pickle
 import re
+import secrets
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,23 +214,23 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a directory; give a file name, e.g. {path / 'model.safetensors'}")
+    # The name is chosen before the file exists, so the clean-up below knows it even when an
+    # interrupt (Ctrl-C, SIGTERM) lands right after the file's creation; with tempfile.mkstemp
+    # such an interrupt left the file behind (seen in about 1 of 10 SIGTERMs of `pspnet predict`).
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        error = storage_error(path, exc)
-        if error is None:
-            raise
-        raise error from exc
-    os.close(fd)
-    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        created = True
         write(tmp)
         os.chmod(tmp, _FILE_MODE)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if created or not isinstance(exc, FileExistsError):  # never remove a file someone else made
+            tmp.unlink(missing_ok=True)
         error = storage_error(path, exc) if isinstance(exc, Exception) else None
         if error is None or error is exc:
             raise
