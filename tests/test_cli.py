@@ -49,9 +49,10 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
     assert "usage: pspnet" in capsys.readouterr().out
 
 
-def test_console_script_entry_point_runs_as_module() -> None:
+@pytest.mark.parametrize("module", ["pspnet.cli", "pspnet"])
+def test_console_script_entry_point_runs_as_module(module: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pspnet.cli", "models", "fcn_*"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", module, "models", "fcn_*"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "fcn_tiny" in result.stdout

@@ -444,10 +444,7 @@ def test_eval_command_reads_a_list_file_against_data_root(
         f"pspnet eval: error: {lists / 'val.txt'} (list): 4 problem"
     )
     assert "split" not in err  # the user gave none: "split 'train'" was an internal convention
-    assert err.endswith(
-        "; the paths are relative to the list file's folder: pass --data-root DIR if they are relative to "
-        "another folder\n"
-    )
+    assert "the paths are read relative to the list file's folder" in err and "--data-root DIR" in err
     for split in ("train", "val"):
         assert main([*argv, "--data-root", str(data), "--device", "cpu", "--split", split]) == 2
         assert capsys.readouterr().err == (

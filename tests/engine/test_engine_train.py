@@ -427,7 +427,9 @@ def test_list_files_kept_apart_from_the_data_use_data_root(tmp_path):
     """The authors' layout: list/train.txt with paths relative to the dataset root."""
     data = _folder_dataset(tmp_path / "data", 4)
     _list_files(data, tmp_path / "lists", data_root=data)
-    with pytest.raises(DataError, match=r"but missing.*set data\.data_root"):
+    with pytest.raises(
+        DataError, match=r"but missing.*give it as the data root \(--data-root DIR, data\.data_root\)"
+    ):
         _open(tmp_path / "lists" / "train.txt")
     train_set, val_set = _open(tmp_path / "lists" / "train.txt", f"data.data_root={data}")
     assert [s.image for s in train_set.samples] == [

@@ -191,28 +191,19 @@ def run(args: argparse.Namespace) -> int:
 def _open_data(
     args: argparse.Namespace, kind: str, split: str, num_classes: int, ignore_index: int | None
 ) -> Any:
-    """``open_dataset`` with the command's options; missing list entries get the ``--data-root``
-    hint, as the paths of a list file are read from its own folder unless told otherwise."""
+    """``open_dataset`` with the command's options (a list's missing entries come with the data-root
+    hint from the dataset itself)."""
     from pspnet.data.datasets import open_dataset
-    from pspnet.errors import DataError
 
-    try:
-        return open_dataset(
-            args.data,
-            kind,
-            split,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            data_root=args.data_root,
-            mask_palette=args.mask_palette,
-        )
-    except DataError as exc:
-        if kind == "list" and args.data_root is None and "but missing" in str(exc):
-            raise DataError(
-                f"{exc}; the paths are relative to the list file's folder: pass --data-root DIR if they "
-                "are relative to another folder"
-            ) from exc
-        raise
+    return open_dataset(
+        args.data,
+        kind,
+        split,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        data_root=args.data_root,
+        mask_palette=args.mask_palette,
+    )
 
 
 def _class_names_source(dataset: Any) -> str:

@@ -215,6 +215,7 @@ class _Problems:
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
         self.hidden: dict[Path, int] = {}  # folder -> hidden files with a data suffix, not taken
+        self.hint = ""  # the likely fix, appended when the problems are raised
 
     def add(self, path: Path | str, message: str) -> None:
         self.items.append((str(path), message))
@@ -239,7 +240,7 @@ class _Problems:
         listed = "; ".join(f"{p}: {m}" for p, m in self.items[:_MAX_LISTED])
         more = f" (and {len(self.items) - _MAX_LISTED} more)" if len(self.items) > _MAX_LISTED else ""
         raise DataError(
-            f"{what}: {len(self.items)} problem(s): {listed}{more}; fix the files, or run "
+            f"{what}: {len(self.items)} problem(s): {listed}{more}; {self.hint or 'fix the files'}, or run "
             f"`pspnet verify-dataset` for the full list"
         )
 
@@ -502,7 +503,7 @@ def _folder_samples(root: Path, split: str | None, problems: _Problems) -> list[
     return _paired_folders(image_dir, mask_dir, problems)
 
 
-def _list_samples(list_file: Path, data_root: Path, problems: _Problems) -> list[Sample]:
+def _list_samples(list_file: Path, data_root: Path, problems: _Problems, root_given: bool) -> list[Sample]:
     if not list_file.is_file():
         raise DataError(f"{list_file}: list file not found")
     base = data_root.resolve()
@@ -532,6 +533,11 @@ def _list_samples(list_file: Path, data_root: Path, problems: _Problems) -> list
         missing = [p for p in paths if not p.is_file()]
         for path in missing:
             problems.add(path, f"listed at {list_file.name}:{number} but missing")
+        if missing and not root_given:
+            problems.hint = (
+                "the paths are read relative to the list file's folder: if they are relative to another "
+                "folder (the dataset root), give it as the data root (--data-root DIR, data.data_root)"
+            )
         if not missing:
             samples.append(Sample(paths[0], paths[1], Path(parts[0]).stem))
     return samples
@@ -797,7 +803,7 @@ def open_dataset(
         default_info, names_file = _custom_info(root.name or "folder", info, num_classes, root)
     else:
         base = Path(data_root) if data_root is not None else root.parent
-        samples = _list_samples(root, base, problems)
+        samples = _list_samples(root, base, problems, root_given=data_root is not None)
         # the label-space file beside the list, else in the data root (the authors keep lists apart)
         has_own = _label_space_file(root.parent) is not None
         default_info, names_file = _custom_info(

@@ -156,13 +156,6 @@ def open_train_datasets(config: TrainConfig, preprocess: Any) -> tuple[Any, Any 
                 mask_palette=d.mask_palette,
                 ignore_index=d.ignore_index,
             )
-        except DataError as exc:
-            if kind == "list" and d.data_root is None and "but missing" in str(exc):
-                raise DataError(
-                    f"{exc}; relative paths in a list file are read from the list's folder: set "
-                    "data.data_root to the folder they are relative to (e.g. the dataset root)"
-                ) from exc
-            raise
         except InputError as exc:
             if num_classes is not None and "num_classes" in str(exc):
                 raise InputError(
