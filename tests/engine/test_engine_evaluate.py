@@ -233,6 +233,15 @@ def test_distributed_ranks_shard_and_all_reduce(tmp_path: Path) -> None:
         assert loaded == shard and count == 5
 
 
+def _void_topped_masks(seed: int, sizes: dict[str, tuple[int, int]], rows: int, void: int) -> dict:
+    """Random 4-class masks whose top ``rows`` rows hold the ``void`` value."""
+    rng = np.random.default_rng(seed)
+    masks = {stem: rng.integers(0, 4, size).astype(np.uint8) for stem, size in sizes.items()}
+    for mask in masks.values():
+        mask[:rows] = void
+    return masks
+
+
 def test_eval_command_on_a_folder_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("pspnet.data.datasets")
     from pspnet.cli import main
@@ -322,12 +331,7 @@ def test_eval_command_folder_name_list_file_and_ignore_index(
     model = create_model("pspnet_tiny", num_classes=4).eval()
     model.dataset_info = DatasetInfo("m", NAMES, default_palette(4), crop_size=33, base_size=512)
     model_path = save_model(model, tmp_path / "m.safetensors")
-    rng = np.random.default_rng(3)
-    masks = {
-        s: rng.integers(0, 4, (h, w)).astype(np.uint8) for s, (h, w) in {"a": (30, 41), "b": (27, 20)}.items()
-    }
-    for mask in masks.values():
-        mask[:2] = 255
+    masks = _void_topped_masks(seed=3, sizes={"a": (30, 41), "b": (27, 20)}, rows=2, void=255)
     root = tmp_path / "ade20k"  # the name of an authors' dataset, the layout of a folder dataset
     _write_pairs(root, masks, seed=4)
     expected = _confusion_from_predict(model_path, root, masks, ignore=255)  # own size, no base_size
@@ -653,12 +657,7 @@ def test_eval_command_uses_the_ignore_index_the_model_was_trained_with(
     model = create_model("pspnet_tiny", num_classes=4).eval()
     model.dataset_info = DatasetInfo("m", NAMES, default_palette(4), ignore_index=4)
     model_path = save_model(model, tmp_path / "m.safetensors")
-    rng = np.random.default_rng(7)
-    masks = {
-        s: rng.integers(0, 4, (h, w)).astype(np.uint8) for s, (h, w) in {"a": (30, 41), "b": (26, 20)}.items()
-    }
-    for mask in masks.values():
-        mask[:3] = 4
+    masks = _void_topped_masks(seed=7, sizes={"a": (30, 41), "b": (26, 20)}, rows=3, void=4)
     data = tmp_path / "data"
     _write_pairs(data, masks, seed=8)
     target = data
