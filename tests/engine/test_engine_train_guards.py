@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,40 @@ def test_a_lock_from_another_host_is_respected(tmp_path):
     with pytest.raises(InputError, match=rf"pid \d+ on some-other-node .*delete {lock}"):
         train(load_config(None, tiny_overrides(out)), TinyDataset(8))
     assert lock.exists()
+
+
+@pytest.mark.parametrize("holder", ["other_host", "own_pid"])
+def test_an_abandoned_lock_is_taken_over_so_a_requeued_job_resumes(holder, tmp_path, capsys):
+    """A preempted job requeued on another node, or restarted in a container whose host name and
+    pid come back, finds its old lock: unrefreshed for LOCK_ABANDONED_S, or naming this very
+    process, it is taken over without anyone deleting it by hand."""
+    from pspnet.io.train_state import LOCK_ABANDONED_S
+
+    out = tmp_path / "run"
+    if holder == "other_host":
+        lock = _write_lock(out, 4242, host="some-other-node")
+        old = time.time() - LOCK_ABANDONED_S - 5
+        os.utime(lock, (old, old))
+    else:
+        lock = _write_lock(out, os.getpid())  # just refreshed, but the pid is ours: a past life
+    data = _WatchLock(out)
+    train(load_config(None, tiny_overrides(out)), data)
+    assert f"note: {lock} was left by pid" in capsys.readouterr().err
+    assert data.seen[0]["pid"] == os.getpid() and data.seen[0]["host"] == socket.gethostname()
+
+
+def test_a_running_holder_refreshes_its_lock(tmp_path, monkeypatch):
+    from pspnet.io import train_state
+
+    monkeypatch.setattr(train_state, "LOCK_REFRESH_S", 0.05)
+    lock = train_state.lock_output(tmp_path / "run")
+    old = time.time() - 1000
+    os.utime(lock.path, (old, old))
+    deadline = time.time() + 10
+    while not (refreshed := lock.path.stat().st_mtime > old + 500) and time.time() < deadline:
+        time.sleep(0.05)
+    lock.release()
+    assert refreshed and not lock.path.exists()
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):

@@ -28,9 +28,10 @@ import random
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ __all__ = [
     "BEST_NAME",
     "CHECKPOINT_DIR",
     "LAST_NAME",
+    "LOCK_ABANDONED_S",
     "LOCK_NAME",
+    "LOCK_REFRESH_S",
     "OutputLock",
     "capture_rng",
     "checkpoint_name",
@@ -247,9 +250,20 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Ten
 # ----------------------------------------------------------------------------- the output lock
 
 
+LOCK_REFRESH_S = 30.0
+"""How often a running training touches ``OUT/.lock`` (its modification time is the heartbeat)."""
+LOCK_ABANDONED_S = 600.0
+"""A lock not refreshed for this long belongs to a run that is gone, whatever host it names: a
+preempted job requeued on another node (or in a restarted container, where the same host name and
+pid may come back) must be able to ``--resume`` without anyone deleting the lock by hand."""
+
+
 @dataclass
 class OutputLock:
     """``OUT/.lock`` held by this process; :meth:`release` removes it (only if it is still ours).
+
+    While held, a daemon thread refreshes the file's modification time every
+    :data:`LOCK_REFRESH_S`, so other machines can tell a live run from an abandoned lock.
 
     Attributes:
         path: the lock file. content: what this process wrote into it (its identity).
@@ -259,8 +273,18 @@ class OutputLock:
     path: Path
     content: str
     made_dir: Path | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._refresh, name="pspnet-lock-heartbeat", daemon=True).start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH_S):
+            with contextlib.suppress(OSError):  # a shared disk that hiccups must not stop training
+                os.utime(self.path)
 
     def release(self) -> None:
+        self._stop.set()
         try:
             if self.path.read_text(encoding="utf-8") == self.content:
                 self.path.unlink()
@@ -311,13 +335,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _seconds_since_refresh(path: Path) -> float | None:
+    """Seconds since the holder last touched the lock (None: the lock is gone)."""
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+
+
 def lock_output(out_dir: str | os.PathLike[str]) -> OutputLock:
     """Take ``OUT/.lock`` (created atomically, holding this process's pid and host) so that a second
     training run cannot write into the same output folder: two runs there interleave their
     checkpoints, ``last`` and ``metrics.jsonl``.
 
     A lock left by a process of this host that no longer runs (a killed run) is taken over, with a
-    one-line note on stderr; a lock of another host cannot be checked and is respected.
+    one-line note on stderr. A lock of another host cannot be checked directly: it is respected
+    while its holder keeps refreshing it, and taken over once it has not been refreshed for
+    :data:`LOCK_ABANDONED_S` (a preempted job requeued on another node resumes on its own).
 
     Raises:
         InputError: another live run holds the lock (or it is on another host, or unreadable);
@@ -349,25 +383,30 @@ def lock_output(out_dir: str | os.PathLike[str]) -> OutputLock:
                     "run uses this folder"
                 ) from None
             pid, other = holder["pid"], holder["host"]
-            if other != host:
-                raise InputError(
-                    f"{out} is in use by pid {pid} on {other} ({path}); this machine cannot check that "
-                    f"process: wait for it, or delete {path} if that run is gone"
-                ) from None
-            if _pid_alive(pid):
-                raise InputError(
-                    f"{out} is in use by pid {pid} on {other} ({path}); wait for it, or delete the lock if "
-                    "that run is gone"
-                ) from None
-            # Stale: its process died without releasing it (SIGKILL, power cut). Remove it only if it
-            # is still that one, then race for the new lock like any other starter.
+            age = _seconds_since_refresh(path)
+            if age is None:  # released in between
+                continue
+            if age < LOCK_ABANDONED_S:
+                if other != host:
+                    raise InputError(
+                        f"{out} is in use by pid {pid} on {other} ({path}, refreshed {age:.0f} s ago); wait "
+                        f"for it (a lock not refreshed for {LOCK_ABANDONED_S / 60:.0f} minutes is taken "
+                        f"over), or delete {path} now if that run is gone"
+                    ) from None
+                if pid != os.getpid() and _pid_alive(pid):  # our own pid: a past life (restarted container)
+                    raise InputError(
+                        f"{out} is in use by pid {pid} on {other} ({path}); wait for it, or delete the lock "
+                        "if that run is gone"
+                    ) from None
+            # Stale: its process died without releasing it (SIGKILL, power cut, preemption). Remove
+            # it only if it is still that one, then race for the new lock like any other starter.
             # (Two starters judging the same stale lock in the same microseconds could still both
             # run; a kernel lock would close that window but is unreliable on network file systems.)
             with contextlib.suppress(FileNotFoundError):
                 if _read_lock(path) == holder:
                     path.unlink(missing_ok=True)
                     print(
-                        f"note: {path} was left by pid {pid} on {host}, which is gone; taking it over",
+                        f"note: {path} was left by pid {pid} on {other}, which is gone; taking it over",
                         file=sys.stderr,
                     )
             continue
