@@ -91,8 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.data.datasets import detect_kind
-    from pspnet.data.info import IGNORE_INDEX
+    from pspnet.data.datasets import detect_kind, open_dataset
+    from pspnet.data.info import IGNORE_INDEX, has_placeholder_names
     from pspnet.engine.evaluate import class_names_note, evaluate, protocol_base_size
     from pspnet.errors import InputError
     from pspnet.io.checkpoint import open_model
@@ -137,11 +137,22 @@ def run(args: argparse.Namespace) -> int:
             f"note: ignore index {trained}, as the model was trained with (--ignore-index to change)",
             file=sys.stderr,
         )
-    dataset = _open_data(args, kind, split, model.num_classes, ignore_index)
+    dataset = open_dataset(
+        args.data,
+        kind,
+        split,
+        num_classes=model.num_classes,
+        ignore_index=ignore_index,
+        data_root=args.data_root,
+        mask_palette=args.mask_palette,
+    )
     for note in dataset.notes:
         print(f"note: {note}", file=sys.stderr)
-    generic = all(name == f"class_{i}" for i, name in enumerate(dataset.info.class_names))
-    if generic and model_info is not None and model_info.num_classes == dataset.info.num_classes:
+    if (
+        has_placeholder_names(dataset.info.class_names)
+        and model_info is not None
+        and model_info.num_classes == dataset.info.num_classes
+    ):
         # A folder dataset without classes.txt: the model file knows the names and colours.
         dataset.info = dataclasses.replace(
             model_info, ignore_index=dataset.info.ignore_index, name=dataset.info.name
@@ -186,24 +197,6 @@ def run(args: argparse.Namespace) -> int:
         said = {0: "", 1: " (replaced the old file)", 2: " (replaced the old files)"}[replaced]
         print(f"wrote {json_path} and {plot_path}{said}")
     return 0
-
-
-def _open_data(
-    args: argparse.Namespace, kind: str, split: str, num_classes: int, ignore_index: int | None
-) -> Any:
-    """``open_dataset`` with the command's options (a list's missing entries come with the data-root
-    hint from the dataset itself)."""
-    from pspnet.data.datasets import open_dataset
-
-    return open_dataset(
-        args.data,
-        kind,
-        split,
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        data_root=args.data_root,
-        mask_palette=args.mask_palette,
-    )
 
 
 def _class_names_source(dataset: Any) -> str:

@@ -64,6 +64,8 @@ from pspnet.data.info import (
     DatasetInfo,
     colour_mask_palette,
     default_palette,
+    has_placeholder_names,
+    placeholder_names,
 )
 from pspnet.data.preprocess import PYTORCH_PREPROCESS, Preprocess
 from pspnet.errors import DataError, InputError
@@ -637,8 +639,7 @@ def _custom_info(
         )
     if not 1 <= num_classes <= 65535:
         raise InputError(f"num_classes must be in [1, 65535], got {num_classes}")
-    names = tuple(f"class_{i}" for i in range(num_classes))
-    return DatasetInfo(name, names, default_palette(num_classes)), None
+    return DatasetInfo(name, placeholder_names(num_classes), default_palette(num_classes)), None
 
 
 def _resolve_mask_palette(
@@ -687,7 +688,7 @@ def _refuse_ignore_class(info: DatasetInfo, root: Path, names_file: Path | None)
     if not 0 <= ignore < count:
         return
     name = info.class_names[ignore]
-    unnamed = names_file is None and name == f"class_{ignore}"  # only a class count was given
+    unnamed = names_file is None and has_placeholder_names(info.class_names)  # only a class count given
     if names_file is not None:
         source = str(names_file)
     else:

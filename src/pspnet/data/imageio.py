@@ -16,9 +16,10 @@ versions).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,20 @@ class _Header:
     format: str | None  # Pillow's format name ("JPEG", "TIFF", ...)
 
 
+@contextlib.contextmanager
+def _no_pillow_pixel_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb limit lifted for the block: this module checks ``max_pixels``
+    itself from the header, with a clearer message. The limit is a Pillow global, hence the lock
+    (DataLoader worker threads, a server's request threads)."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _png_orientation(im: Image.Image) -> int:
     """EXIF orientation of a PNG from an ``eXIf`` chunk before the pixels (where the PNG spec puts
     it). Not ``im.getexif()``: for a PNG it decodes the whole image to look for a chunk after
@@ -81,27 +96,22 @@ def _header(path: Path, max_pixels: int, orientation: bool = True) -> _Header | 
     Pillow's own decompression-bomb check is lifted while opening, because this function applies
     ``max_pixels`` itself and gives a clearer message. ``orientation=False`` skips EXIF (masks).
     """
-    with _PIL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as im:
-                size, image_format = im.size, im.format
-                exif_orientation = 1
-                if orientation and im.format in ("JPEG", "TIFF", "WEBP", "PNG"):
-                    try:
-                        if im.format == "PNG":
-                            exif_orientation = _png_orientation(im)
-                        else:
-                            exif_orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
-                    except Exception:  # a corrupt EXIF block must not make the pixels unreadable
-                        exif_orientation = 1
-        except UnidentifiedImageError:
-            return None
-        except OSError as exc:
-            raise DataError(f"{path}: not a readable image ({exc})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        with _no_pillow_pixel_limit(), Image.open(path) as im:
+            size, image_format = im.size, im.format
+            exif_orientation = 1
+            if orientation and im.format in ("JPEG", "TIFF", "WEBP", "PNG"):
+                try:
+                    if im.format == "PNG":
+                        exif_orientation = _png_orientation(im)
+                    else:
+                        exif_orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+                except Exception:  # a corrupt EXIF block must not make the pixels unreadable
+                    exif_orientation = 1
+    except UnidentifiedImageError:
+        return None
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
     if size[0] * size[1] > max_pixels:
         reader = "read_image" if orientation else "read_mask"  # no command has an option for it
         raise DataError(
@@ -152,16 +162,11 @@ def _check_file(path: Path) -> None:
 
 def _check_complete(path: Path) -> None:
     """Fully decode with Pillow, which raises on a truncated JPEG (some OpenCV versions pad it with grey)."""
-    with _PIL_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as im:
-                im.load()
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{path}: not a readable image ({exc})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        with _no_pillow_pixel_limit(), Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
 def _refuse_known_non_image(path: Path) -> None:
@@ -177,16 +182,11 @@ def _refuse_known_non_image(path: Path) -> None:
 
 def _decode_gif(path: Path) -> np.ndarray:
     """The first frame of a GIF as RGB ``uint8`` (GIFs carry no orientation)."""
-    with _PIL_LIMIT_LOCK:  # the size was checked from the header already
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as im:
-                return np.array(im.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{path}: not a readable image ({exc})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        with _no_pillow_pixel_limit(), Image.open(path) as im:  # the size was checked from the header
+            return np.array(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
 def _tiff_without_orientation(data: np.ndarray) -> tuple[np.ndarray, int]:

@@ -7,6 +7,7 @@ are the ones the authors ship with hszhao/semseg (``data/<dataset>/*_names.txt``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = [
     "colour_mask_palette",
     "default_palette",
     "get_dataset_info",
+    "has_placeholder_names",
+    "placeholder_names",
     "usable_mask_palettes",
 ]
 
@@ -568,3 +571,14 @@ def usable_mask_palettes() -> list[str]:
             continue
         usable.append(name)
     return usable
+
+
+def placeholder_names(count: int) -> tuple[str, ...]:
+    """``class_0``, ``class_1`` ...: the names of a label space known only by its class count."""
+    return tuple(f"class_{i}" for i in range(count))
+
+
+def has_placeholder_names(names: Sequence[str]) -> bool:
+    """Whether ``names`` are :func:`placeholder_names`, which say nothing about the classes (a model
+    file or another source may know the real ones)."""
+    return tuple(names) == placeholder_names(len(names))

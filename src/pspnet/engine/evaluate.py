@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pspnet.data.info import has_placeholder_names
 from pspnet.engine.boundary import BoundaryFScore, BoundaryMetrics
 from pspnet.engine.inference import check_amp_dtype, check_settings, predict_probs
 from pspnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
@@ -175,7 +176,8 @@ def class_names_note(
         model_names: the names stored in the model file (``model.dataset_info.class_names``).
         source: where the dataset's names come from, for the message (e.g. its classes.txt).
     """
-    if len(dataset_names) != len(model_names) or _generic(dataset_names) or _generic(model_names):
+    generic = has_placeholder_names(dataset_names) or has_placeholder_names(model_names)
+    if len(dataset_names) != len(model_names) or generic:
         return None
     differ = [i for i, (a, b) in enumerate(zip(dataset_names, model_names, strict=True)) if a != b]
     if not differ:
@@ -186,11 +188,6 @@ def class_names_note(
         f"{model_names[first]!r} ({len(differ)} of {len(model_names)} names differ); the table uses the "
         f"dataset's names; check that the masks use the model's class order"
     )
-
-
-def _generic(names: Sequence[str]) -> bool:
-    """Placeholder names (``class_0``, ``class_1`` ...), given when no names are known."""
-    return all(name == f"class_{i}" for i, name in enumerate(names))
 
 
 def _rank_and_world(distributed: bool | None) -> tuple[int, int]:

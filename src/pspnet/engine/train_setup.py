@@ -24,6 +24,7 @@ __all__ = [
     "build_model",
     "check_config",
     "check_mask_palette",
+    "named_label_space",
     "open_train_datasets",
     "resolve_amp",
     "resolve_device",
@@ -44,7 +45,6 @@ def check_config(config: TrainConfig) -> None:
     Raises:
         InputError: naming the key, the value and the allowed ones.
     """
-    from pspnet.data.info import DATASETS
     from pspnet.models.registry import get_preset
 
     try:
@@ -52,16 +52,28 @@ def check_config(config: TrainConfig) -> None:
     except ValueError as exc:
         raise InputError(f"model.preset: {exc}") from None
     d = config.data
-    if d.dataset is not None and d.dataset.lower() not in DATASETS:
-        raise InputError(
-            f"data.dataset: unknown dataset {d.dataset!r}; choose one of {', '.join(sorted(DATASETS))} "
-            "(or null for the data's own classes)"
-        )
+    named_label_space(d.dataset)
     if d.mask_palette is not None:
         check_mask_palette(d.mask_palette)
     device = resolve_device(config.device, 0)
     if device.type != "cuda":  # on CUDA every amp mode is valid (and the check would start CUDA)
         resolve_amp(config.optim.amp, device)
+
+
+def named_label_space(name: str | None) -> Any:
+    """The ``DatasetInfo`` that ``data.dataset`` names (None: the data's own classes).
+
+    Raises:
+        InputError: an unknown name, with the known ones.
+    """
+    from pspnet.data.info import get_dataset_info
+
+    if name is None:
+        return None
+    try:
+        return get_dataset_info(name)
+    except ValueError as exc:
+        raise InputError(f"data.dataset: {exc} (or null for the data's own classes)") from None
 
 
 def check_mask_palette(name: str) -> None:
@@ -127,18 +139,12 @@ def open_train_datasets(config: TrainConfig, preprocess: Any) -> tuple[Any, Any 
     is refused unless ``val_split`` is null.
     """
     from pspnet.data.datasets import detect_kind, open_dataset
-    from pspnet.data.info import get_dataset_info
     from pspnet.data.transforms import train_transforms
 
     d = config.data
     if d.root is None:
         raise InputError("data.root is not set; pass --set data.root=/path/to/dataset")
-    info = None
-    if d.dataset is not None:
-        try:
-            info = get_dataset_info(d.dataset)
-        except ValueError as exc:
-            raise InputError(f"data.dataset: {exc}") from exc
+    info = named_label_space(d.dataset)
     num_classes = config.model.num_classes if info is None and d.kind in ("folder", "list", "auto") else None
     kind = detect_kind(d.root) if d.kind == "auto" else d.kind
     validate = d.val_split is not None and config.eval.enabled
